@@ -1,0 +1,210 @@
+"""Publishing and state: one message, a batch, broadcast, a user's status, the user list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from ssehub.api._body import message_fields, read_json
+from ssehub.api._errors import json_response
+from ssehub.auth import Authenticator
+from ssehub.events import encode_payload
+from ssehub.exceptions import InvalidInput, PayloadTooLarge
+from ssehub.hub import Hub
+from ssehub.limits import check_user_id
+from ssehub.stores.base import UserState
+
+_DATA_SCHEMA: dict[str, Any] = {
+    "description": "a string (sent as it is) or any JSON value (sent as compact JSON)",
+}
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 64,
+    "description": "event name (EventSource: addEventListener(name)); default 'message'",
+}
+_MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": _DATA_SCHEMA, "event": _EVENT_SCHEMA},
+}
+_BATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["user_id", "data"],
+                "properties": {
+                    "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "data": _DATA_SCHEMA,
+                    "event": _EVENT_SCHEMA,
+                },
+            },
+        }
+    },
+}
+_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "user_id": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in UserState]},
+        "connections": {"type": "integer"},
+        "last_seen": {"type": ["string", "null"], "format": "date-time"},
+        "pending": {"type": "integer"},
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed body or user id."},
+    401: {"description": "No valid credentials (jwt mode)."},
+    403: {"description": "Credentials without publisher rights."},
+    413: {"description": "Payload or body over the limit."},
+    503: {"description": "Store unavailable."},
+}
+
+
+def _body_doc(schema: dict[str, Any], example: object) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        }
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]
+
+
+def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
+    """Add the publish and state routes of CONTRACT.md."""
+    limits = hub.limits
+
+    def encode(data: Any, event: str | None) -> bytes:
+        payload = encode_payload(data, event=event)
+        if len(payload) > limits.max_payload_bytes + 64:
+            raise PayloadTooLarge(f"message is larger than {limits.max_payload_bytes} bytes")
+        return payload
+
+    @router.post(
+        "/sse/users/{user_id}/messages",
+        summary="Send a message to a user",
+        description="Every open stream of the user receives it; if none is open, it waits "
+        "for the next connect. Answers with the event id and the user's status.",
+        status_code=202,
+        openapi_extra=_body_doc(_MESSAGE_SCHEMA, {"data": "Your report is ready", "event": None}),
+        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        tags=["publish"],
+    )
+    async def send_one(request: Request, user_id: UserIdPath) -> Response:
+        check_user_id(user_id, max_length=limits.max_user_id_length)
+        auth.publisher(request.headers, request.query_params)
+        data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
+        (event_id,) = await hub.send_encoded([(user_id, encode(data, event))])
+        status = await hub.status(user_id)
+        return json_response(
+            202, {"id": event_id, "user_id": user_id, "status": status.status.value}
+        )
+
+    @router.post(
+        "/sse/messages",
+        summary="Send a batch of messages",
+        description=f"Up to {limits.max_batch} messages, to any users, in one request. "
+        "Answers with one event id per message, in order.",
+        status_code=202,
+        openapi_extra=_body_doc(
+            _BATCH_SCHEMA,
+            {
+                "messages": [
+                    {"user_id": "alice", "data": "hi"},
+                    {"user_id": "bob", "data": {"n": 1}},
+                ]
+            },
+        ),
+        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        tags=["publish"],
+    )
+    async def send_batch(request: Request) -> Response:
+        auth.publisher(request.headers, request.query_params)
+        body = await read_json(request, max_bytes=limits.max_body_bytes)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            raise InvalidInput('body must be {"messages": [...]}')
+        if len(messages) > limits.max_batch:
+            raise PayloadTooLarge(f"a batch holds at most {limits.max_batch} messages")
+        items: list[tuple[str, bytes]] = []
+        for index, message in enumerate(messages):
+            where = f"messages[{index}]"
+            data, event = message_fields(message, where=where)
+            user_id = message.get("user_id")
+            if not isinstance(user_id, str):
+                raise InvalidInput(f"{where}: 'user_id' must be a string")
+            check_user_id(user_id, max_length=limits.max_user_id_length)
+            items.append((user_id, encode(data, event)))
+        ids = await hub.send_encoded(items)
+        return json_response(202, {"ids": ids, "count": len(ids)})
+
+    @router.post(
+        "/sse/broadcast",
+        summary="Send a message to every connected user",
+        status_code=202,
+        openapi_extra=_body_doc(_MESSAGE_SCHEMA, {"data": "Maintenance at 22:00"}),
+        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        tags=["publish"],
+    )
+    async def broadcast(request: Request) -> Response:
+        auth.publisher(request.headers, request.query_params)
+        data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
+        await hub.broadcast_encoded(encode(data, event))
+        return json_response(202, {"status": "accepted"})
+
+    @router.get(
+        "/sse/users/{user_id}",
+        summary="A user's status",
+        description="connected (with the number of open streams), disconnected, or unknown; "
+        "when the user was last seen; how many messages wait for them.",
+        responses={200: _json(_STATUS_SCHEMA, "The user's status."), **_ERRORS},
+        response_class=Response,
+        tags=["state"],
+    )
+    async def user_status(request: Request, user_id: UserIdPath) -> Response:
+        check_user_id(user_id, max_length=limits.max_user_id_length)
+        auth.user_or_publisher(user_id, request.headers, request.query_params)
+        return json_response(200, (await hub.status(user_id)).as_json())
+
+    @router.get(
+        "/sse/users",
+        summary="List known users",
+        description="A page of users ordered by id; pass the answer's `next` as `after` "
+        "for the next page.",
+        responses={
+            200: _json(
+                {"type": "object", "properties": {
+                    "users": {"type": "array", "items": _STATUS_SCHEMA},
+                    "next": {"type": ["string", "null"]}}},
+                "A page of users.",
+            ),
+            **_ERRORS,
+        },
+        response_class=Response,
+        tags=["state"],
+    )  # fmt: skip
+    async def list_users(
+        request: Request,
+        status: Annotated[UserState | None, Query(description="only users in this state")] = None,
+        after: Annotated[
+            str | None, Query(max_length=256, description="user id to start after")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="users per page")] = 100,
+    ) -> Response:  # fmt: skip
+        auth.publisher(request.headers, request.query_params)
+        records = await hub.store.list_users(state=status, after=after, limit=limit)
+        users = [hub.user_status(record).as_json() for record in records]
+        next_after = records[-1].user_id if len(records) == limit else None
+        return json_response(200, {"users": users, "next": next_after})

@@ -1,0 +1,197 @@
+"""The portable stream route: ``GET /sse/connect/{user_id}`` through ASGI, and disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from ssehub.api._errors import json_response
+from ssehub.auth import Authenticator
+from ssehub.connection import Connection
+from ssehub.events import is_event_id
+from ssehub.exceptions import InvalidInput
+from ssehub.hub import Hub
+from ssehub.limits import check_user_id
+
+STREAM_HEADERS: Mapping[str, str] = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+
+STREAM_DESCRIPTION = """\
+Opens a `text/event-stream` for the user. The first event is `User '{user_id}' connected`,
+then a `keepalive` event (`<3: Keep alive`) every few seconds, and every message sent to
+the user, each with an `id:`. Reconnecting with `Last-Event-ID` (header, or the
+`last_event_id` query parameter) replays what was missed; without it, messages sent
+while the user had no stream open are delivered first.
+
+Swagger cannot show a stream; watch it with curl:
+
+    curl -N http://127.0.0.1:8000/sse/connect/alice
+
+or in a browser with `new EventSource('/sse/connect/alice')`.
+"""
+
+UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]
+
+
+class AsgiSink:
+    """A bounded queue of bytes drained by the stream's ASGI task."""
+
+    __slots__ = ("_chunks", "_limit", "_size", "_wakeup", "closed")
+
+    def __init__(self, limit: int) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self._wakeup = asyncio.Event()
+        self.closed = False
+
+    def write(self, data: bytes) -> bool:
+        if self.closed:
+            return True
+        if self._size + len(data) > self._limit:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wakeup.set()
+        return True
+
+    def close(self, final: bytes | None = None) -> None:
+        if not self.closed:
+            if final:
+                self._chunks.append(final)
+            self.closed = True
+            self._wakeup.set()
+
+    async def take(self) -> bytes:
+        """Wait for bytes (or the close) and return everything queued."""
+        await self._wakeup.wait()
+        self._wakeup.clear()
+        return self.take_nowait()
+
+    def take_nowait(self) -> bytes:
+        """Return everything queued, without waiting."""
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        return b"".join(chunks)
+
+
+class EventStreamResponse(Response):
+    """Streams a registered `Connection` until either side ends it."""
+
+    def __init__(self, hub: Hub, connection: Connection, sink: AsgiSink) -> None:
+        # Not Response.__init__: it would add "content-length: 0" for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(k.encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
+        self._hub = hub
+        self._connection = connection
+        self._sink = sink
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            sink = self._sink
+            while True:
+                body = await sink.take()
+                if sink.closed:
+                    body += sink.take_nowait()
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    break
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:
+            pass  # the client went away mid-write; the watcher notices too
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self._hub.release(self._connection)
+
+    async def _watch_disconnect(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._sink.close()
+                return
+
+
+def check_last_event_id(header: str | None, query: str | None) -> str | None:
+    """The resume point of a stream: the header wins over the query parameter.
+
+    Raises:
+        InvalidInput: the value is not an id ssehub gives out.
+    """
+    value = header if header is not None else query
+    if value is None or value == "":
+        return None
+    if not is_event_id(value):
+        raise InvalidInput("Last-Event-ID is not an event id given out by this hub")
+    return value
+
+
+def add_stream_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
+    """Add the connect and disconnect routes."""
+
+    @router.get(
+        "/sse/connect/{user_id}",
+        summary="Open the user's event stream",
+        description=STREAM_DESCRIPTION,
+        response_class=Response,
+        responses={
+            200: {"content": {"text/event-stream": {"example": "data: User 'alice' connected\n\n"}},
+                  "description": "The event stream (never ends by itself)."},
+            400: {"description": "Bad user id or Last-Event-ID."},
+            401: {"description": "No valid token (jwt mode)."},
+            403: {"description": "Token of another user."},
+            429: {"description": "Too many streams for the user."},
+            503: {"description": "Store unavailable or server full."},
+        },
+        tags=["streams"],
+    )  # fmt: skip
+    async def connect(
+        request: Request,
+        user_id: UserIdPath,
+        last_event_id_header: Annotated[
+            str | None, Header(alias="Last-Event-ID", description="resume after this id")
+        ] = None,
+        last_event_id: Annotated[
+            str | None, Query(description="resume after this id (for a first connect)")
+        ] = None,
+        access_token: Annotated[
+            str | None, Query(description="token, where headers cannot be set")
+        ] = None,
+    ) -> Response:
+        check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+        grant = auth.subscriber(user_id, request.headers, request.query_params)
+        resume = check_last_event_id(last_event_id_header, last_event_id)
+        remaining = grant.remaining()
+        expires_at = None if remaining is None else time.monotonic() + remaining
+        sink = AsgiSink(hub.limits.buffer_bytes)
+        connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
+        return EventStreamResponse(hub, connection, sink)
+
+    @router.get(
+        "/sse/disconnect/{user_id}",
+        summary="Disconnect a user",
+        description="Closes every open stream of the user, on every node, and marks the "
+        "user disconnected. Answers 200 with an empty body, as the sample did.",
+        response_class=Response,
+        responses={200: {"description": "The user's streams were closed."}},
+        tags=["streams"],
+    )
+    async def disconnect(request: Request, user_id: UserIdPath) -> Response:
+        check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+        auth.user_or_publisher(user_id, request.headers, request.query_params)
+        await hub.disconnect(user_id)
+        return Response(status_code=200)
+
+
+__all__ = ["AsgiSink", "EventStreamResponse", "add_stream_routes", "json_response"]

@@ -1,0 +1,58 @@
+"""The composition root: settings in, a ready FastAPI app out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from ssehub import __version__
+from ssehub.api import create_router
+from ssehub.api.health import add_health_routes
+from ssehub.auth import Authenticator
+from ssehub.hub import Hub
+from ssehub.settings import Settings
+from ssehub.stores import open_store
+
+logger = logging.getLogger("ssehub.app")
+
+DESCRIPTION = """\
+Server-Sent Events to specific users. Open a stream with `GET /sse/connect/{user_id}`
+(watch it with `curl -N`), send to it with `POST /sse/users/{user_id}/messages`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the hub and its app from settings (read from the environment if omitted).
+
+    The app's state holds ``hub`` (the `Messenger`) and ``settings``.
+
+    Raises:
+        ConfigurationError: the settings are invalid.
+    """
+    settings = settings or Settings.from_env()
+    settings.validate()
+    store = open_store(settings.store, retention=settings.retention)
+    hub = Hub(
+        store,
+        keepalive=settings.keepalive,
+        limits=settings.limits,
+        retry_ms=settings.retry_ms,
+    )
+    auth = Authenticator(publish_keys=settings.publish_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub.running():
+            logger.info("ssehub ready, store %s", store.__class__.__name__)
+            yield
+
+    app = FastAPI(title="ssehub", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.hub = hub
+    app.state.settings = settings
+    router = create_router(hub, auth=auth, demo_step=settings.demo_step)
+    add_health_routes(router, hub)
+    app.include_router(router)
+    return app

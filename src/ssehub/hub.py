@@ -1,0 +1,412 @@
+"""The hub: connection registry, fan-out, keep-alives, presence; the Messenger.
+
+Delivery path: `send` encodes once, the store appends and gives the id, the store's
+listener (`on_event`) builds the frame once and hands it to each open stream of the
+user on this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any
+
+import orjson
+
+from ssehub import events
+from ssehub.connection import Connection, FrameSink
+from ssehub.exceptions import LimitExceeded, PayloadTooLarge, StoreUnavailable
+from ssehub.limits import Limits, check_user_id
+from ssehub.messenger import Message, UserStatus
+from ssehub.stores.base import Store, UserRecord
+
+logger = logging.getLogger("ssehub.hub")
+
+_PRESENCE_RETRY_SECONDS = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class HubStats:
+    """Counters the hub keeps as plain integers; metrics read them at scrape time."""
+
+    accepted: int = 0
+    delivered: int = 0
+    replayed: int = 0
+    dropped_slow: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    refused: int = 0
+
+
+class Hub:
+    """Delivers each user's messages to all of their open streams; a `Messenger`.
+
+    Args:
+        store: where messages are kept and fanned out.
+        keepalive: seconds between keep-alives on every stream (one shared timer).
+        limits: input and connection bounds.
+        retry_ms: the reconnection time sent to clients when the hub shuts down.
+        replay_batch: events read from the store per round trip during replay.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        keepalive: float = 5.0,
+        limits: Limits | None = None,
+        retry_ms: int = 2000,
+        replay_batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.keepalive = keepalive
+        self.limits = limits or Limits()
+        self.retry_ms = retry_ms
+        self.replay_batch = replay_batch
+        self.stats = HubStats()
+        self._streams: dict[str, list[Connection]] = {}
+        self._open_count = 0
+        self._delivered_ids: dict[str, str] = {}
+        self._presence_dirty: dict[str, list[asyncio.Future[None]]] = {}
+        self._presence_wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        store.bind(self)
+
+    # -- life cycle -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """Start the hub, and close it on the way out (for an ASGI lifespan)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        """Start the store and the hub's two background tasks."""
+        self._loop = asyncio.get_running_loop()
+        await self.store.start()
+        self._spawn(self._keepalive_forever(), "ssehub-keepalive")
+        self._spawn(self._presence_forever(), "ssehub-presence")
+
+    async def close(self) -> None:
+        """End every stream with a ``retry:`` hint, flush presence, close the store."""
+        self.shutdown_streams()
+        await self._write_presence(list(self._presence_dirty))
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    def request_shutdown(self) -> None:
+        """Close every stream soon; safe to call from a signal handler or another thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.shutdown_streams)
+
+    def shutdown_streams(self) -> None:
+        """Close every open stream now, telling clients to come back after retry_ms."""
+        self._closing = True
+        final = events.retry_frame(self.retry_ms)
+        for streams in list(self._streams.values()):
+            for connection in list(streams):
+                connection.close(final)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- Messenger ----------------------------------------------------------------
+
+    async def send(self, user_id: str, data: object, *, event: str | None = None) -> str:
+        """Send one message to a user; return its event id."""
+        (event_id,) = await self.send_many([Message(user_id, data, event)])
+        return event_id
+
+    async def send_many(self, messages: Iterable[Message]) -> list[str]:
+        """Send several messages, encoded once each; return their ids in order."""
+        items = [(self._user(m.user_id), self._encode(m.data, m.event)) for m in messages]
+        return await self.send_encoded(items)
+
+    async def send_encoded(self, items: list[tuple[str, bytes]]) -> list[str]:
+        """Append already-encoded payloads (see `events.encode_payload`)."""
+        if not items:
+            return []
+        stored = await self.store.append_many(items)
+        self.stats.accepted += len(stored)
+        return [event.id for event in stored]
+
+    async def broadcast(self, data: object, *, event: str | None = None) -> None:
+        """Send a message to every connected user, on every node."""
+        await self.broadcast_encoded(self._encode(data, event))
+
+    async def broadcast_encoded(self, payload: bytes) -> None:
+        """Broadcast an already-encoded payload."""
+        await self.store.publish_broadcast(payload)
+
+    async def status(self, user_id: str) -> UserStatus:
+        """A user's state: connected, disconnected or unknown, with counts."""
+        return self.user_status(await self.store.get_user(self._user(user_id)))
+
+    async def disconnect(self, user_id: str) -> None:
+        """Close every stream of the user, on every node."""
+        await self.store.publish_disconnect(self._user(user_id))
+
+    @staticmethod
+    def user_status(record: UserRecord) -> UserStatus:
+        """Turn a store's record into the public status."""
+        last_seen = (
+            datetime.datetime.fromtimestamp(record.last_seen, datetime.UTC)
+            if record.last_seen is not None
+            else None
+        )
+        return UserStatus(
+            record.user_id, record.state, record.connections, last_seen, record.pending
+        )
+
+    def _user(self, user_id: str) -> str:
+        return check_user_id(user_id, max_length=self.limits.max_user_id_length)
+
+    def _encode(self, data: object, event: str | None) -> bytes:
+        payload = events.encode_payload(data, event=event)
+        if len(payload) > self.limits.max_payload_bytes + 64:
+            raise PayloadTooLarge(f"message is larger than {self.limits.max_payload_bytes} bytes")
+        return payload
+
+    # -- StoreListener ----------------------------------------------------------------
+
+    def on_event(self, user_id: str, event: events.StoredEvent) -> None:
+        """Hand a new event's frame to every local stream of its user."""
+        streams = self._streams.get(user_id)
+        if not streams:
+            return
+        data = event.frame()
+        key = event.key
+        for connection in streams:
+            if not connection.deliver(key, data):
+                self._drop_slow(connection)
+        self._delivered_ids[user_id] = event.id
+        self.stats.delivered += len(streams)
+
+    def on_broadcast(self, payload: bytes) -> None:
+        """Append a broadcast for each user connected to this node."""
+        user_ids = list(self._streams)
+        if user_ids:
+            self._spawn(self._append_broadcast(user_ids, payload), "ssehub-broadcast")
+
+    async def _append_broadcast(self, user_ids: list[str], payload: bytes) -> None:
+        try:
+            stored = await self.store.append_many([(u, payload) for u in user_ids])
+            self.stats.accepted += len(stored)
+        except StoreUnavailable:
+            logger.warning("broadcast to %d users failed: store unavailable", len(user_ids))
+
+    def on_disconnect(self, user_id: str) -> None:
+        """Close this node's streams of the user."""
+        final = events.text_frame(f"User '{user_id}' disconnected", event=events.DISCONNECTED_EVENT)
+        for connection in list(self._streams.get(user_id, ())):
+            connection.close(final)
+
+    def _drop_slow(self, connection: Connection) -> None:
+        self.stats.dropped_slow += 1
+        logger.info("closing slow consumer of user %r", connection.user_id)
+        connection.close()
+
+    # -- front doors --------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open on this node."""
+        return self._open_count
+
+    @property
+    def local_users(self) -> int:
+        """Users with at least one stream open on this node."""
+        return len(self._streams)
+
+    async def open(
+        self,
+        user_id: str,
+        sink: FrameSink,
+        *,
+        last_event_id: str | None = None,
+        expires_at: float | None = None,
+    ) -> Connection:
+        """Register a stream: greet, replay what the user missed, then go live.
+
+        Without ``last_event_id`` the replay starts after the last event delivered to
+        the user (the offline queue). ``expires_at`` (monotonic time) ends the stream
+        when a token expires.
+
+        Raises:
+            LimitExceeded: too many streams in total or for this user.
+            StoreUnavailable: the store cannot be read; nothing was written.
+        """
+        if self._closing:
+            raise StoreUnavailable("the hub is shutting down")
+        streams = self._streams.get(user_id)
+        if self._open_count >= self.limits.max_connections:
+            self.stats.refused += 1
+            raise LimitExceeded("too many open streams on this server")
+        if streams is not None and len(streams) >= self.limits.max_connections_per_user:
+            self.stats.refused += 1
+            raise LimitExceeded("too many open streams for this user")
+        connection = Connection(user_id, sink, expires_at=expires_at)
+        first = streams is None
+        if streams is None:
+            streams = self._streams[user_id] = []
+        streams.append(connection)
+        self._open_count += 1
+        try:
+            if first:
+                await self.store.watch(user_id)
+            after = last_event_id
+            if after is None:
+                after = (await self.store.get_user(user_id)).cursor
+            await self._replay(connection, after)
+            await self._presence_changed(user_id, wait=True)
+        except BaseException:
+            self._forget(connection)
+            raise
+        self.stats.connects += 1
+        logger.info("stream opened for user %r (%d open)", user_id, len(streams))
+        return connection
+
+    async def _replay(self, connection: Connection, after: str | None) -> None:
+        sink = connection.sink
+        sink.write(events.greeting_frame(connection.user_id))
+        sink.write(events.KEEPALIVE_FRAME)
+        first = True
+        while True:
+            result = await self.store.read_after(connection.user_id, after, limit=self.replay_batch)
+            if first and result.reset:
+                notice = {"reason": "history_trimmed", "last_event_id": after}
+                sink.write(
+                    events.frame(
+                        None,
+                        events.encode_payload(
+                            orjson.dumps(notice), event=events.RESET_EVENT, is_json=True
+                        ),
+                    )
+                )
+            elif first and after is not None:
+                connection.last_key = events.event_key(after)
+            first = False
+            for event in result.events:
+                connection.last_key = event.key
+                sink.write(event.frame())
+            self.stats.replayed += len(result.events)
+            if len(result.events) < self.replay_batch:
+                break
+            after = result.events[-1].id
+        if result.events or after is not None:
+            last = result.events[-1].id if result.events else after
+            if last is not None:
+                self._delivered_ids[connection.user_id] = last
+        backlog, connection.backlog = connection.backlog or [], None
+        for key, data in backlog:
+            if not connection.deliver(key, data):
+                self._drop_slow(connection)
+                break
+
+    def release(self, connection: Connection) -> None:
+        """Forget a stream that ended, for whatever reason. Idempotent."""
+        if self._forget(connection):
+            connection.closed = True
+            self.stats.disconnects += 1
+            logger.info("stream closed for user %r", connection.user_id)
+            self._presence_dirty.setdefault(connection.user_id, [])
+            self._presence_wakeup.set()
+
+    def _forget(self, connection: Connection) -> bool:
+        streams = self._streams.get(connection.user_id)
+        if streams is None or connection not in streams:
+            return False
+        streams.remove(connection)
+        self._open_count -= 1
+        if not streams:
+            del self._streams[connection.user_id]
+            self._spawn(self._unwatch(connection.user_id), "ssehub-unwatch")
+        return True
+
+    async def _unwatch(self, user_id: str) -> None:
+        if user_id not in self._streams:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.unwatch(user_id)
+
+    # -- presence -------------------------------------------------------------------------
+
+    async def _presence_changed(self, user_id: str, *, wait: bool) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._presence_dirty.setdefault(user_id, []).append(future)
+        self._presence_wakeup.set()
+        if wait:
+            await future
+
+    async def _presence_forever(self) -> None:
+        while True:
+            await self._presence_wakeup.wait()
+            self._presence_wakeup.clear()
+            await self._write_presence(list(self._presence_dirty))
+
+    async def _write_presence(self, user_ids: list[str]) -> None:
+        for user_id in user_ids:
+            waiters = self._presence_dirty.pop(user_id, [])
+            count = len(self._streams.get(user_id, ()))
+            cursor = self._delivered_ids.get(user_id)
+            try:
+                await self.store.set_presence(user_id, connections=count, cursor=cursor)
+            except StoreUnavailable as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                if not self._closing:
+                    self._spawn(self._presence_retry(user_id), "ssehub-presence-retry")
+                continue
+            if count == 0:
+                self._delivered_ids.pop(user_id, None)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _presence_retry(self, user_id: str) -> None:
+        await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
+        self._presence_dirty.setdefault(user_id, [])
+        self._presence_wakeup.set()
+
+    # -- keep-alive -----------------------------------------------------------------------------
+
+    async def _keepalive_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive)
+            self._tick()
+            user_ids = list(self._streams)
+            if user_ids:
+                try:
+                    await self.store.refresh_presence(user_ids)
+                except StoreUnavailable:
+                    logger.warning("could not refresh presence: store unavailable")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for streams in list(self._streams.values()):
+            for connection in list(streams):
+                if connection.expires_at is not None and now >= connection.expires_at:
+                    connection.close(events.text_frame("token expired", event="expired"))
+                elif not connection.sink.write(events.KEEPALIVE_FRAME):
+                    self._drop_slow(connection)

@@ -1,0 +1,49 @@
+"""Limits on input, and the checks that enforce them at the edge."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ssehub.exceptions import InvalidInput
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds that keep one client or publisher from hurting the others.
+
+    Attributes:
+        max_user_id_length: characters in a user id.
+        max_payload_bytes: bytes of one message's data, once encoded.
+        max_body_bytes: bytes of one publish request body.
+        max_batch: messages in one batch.
+        max_connections: open streams in this process.
+        max_connections_per_user: open streams of one user in this process.
+        buffer_bytes: bytes waiting to be written to one stream before it is
+            closed as a slow consumer.
+    """
+
+    max_user_id_length: int = 256
+    max_payload_bytes: int = 64 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 1000
+    max_connections: int = 100_000
+    max_connections_per_user: int = 100
+    buffer_bytes: int = 1024 * 1024
+
+
+def check_user_id(user_id: str, *, max_length: int = 256) -> str:
+    """Return ``user_id`` if ssehub accepts it.
+
+    Raises:
+        InvalidInput: empty, longer than ``max_length``, or holding a control
+            character or a lone surrogate.
+    """
+    if not user_id:
+        raise InvalidInput("user id must not be empty")
+    if len(user_id) > max_length:
+        raise InvalidInput(f"user id is longer than {max_length} characters")
+    for char in user_id:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000:
+            raise InvalidInput("user id must not contain control characters")
+    return user_id

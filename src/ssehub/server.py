@@ -1,0 +1,148 @@
+"""Running the hub under uvicorn: one process, or several sharing one socket."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from ssehub.app import create_app
+from ssehub.exceptions import ConfigurationError
+from ssehub.hub import Hub
+from ssehub.logs import configure_logging
+from ssehub.settings import Settings
+from ssehub.stores import open_store
+
+logger = logging.getLogger("ssehub.server")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class HubServer(uvicorn.Server):
+    """A uvicorn server that ends every stream at once when asked to stop.
+
+    Plain uvicorn waits for open responses to finish before shutting down, and a
+    stream never finishes by itself; so on SIGTERM/SIGINT the hub closes every stream
+    (with a ``retry:`` hint) and uvicorn's graceful shutdown proceeds at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.hub.request_shutdown()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Unlike uvicorn's, this does not re-raise the signal after a graceful stop,
+        # so `ssehub serve` exits 0 with no traceback.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """The uvicorn settings ssehub runs with."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _serve_worker(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    configure_logging(settings.log_level, json=settings.log_json)
+    app = create_app(settings)
+    server = HubServer(uvicorn_config(settings, app), app.state.hub)
+    server.run(sockets=sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT.
+
+    Raises:
+        ConfigurationError: the settings are invalid, or several workers were asked
+            for with a store that only one process can use.
+    """
+    settings.validate()
+    configure_logging(settings.log_level, json=settings.log_json)
+    if settings.auth == "open" and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "auth is open and ssehub listens on %s: anyone who can reach it may read any "
+            "user's stream; use --auth jwt",
+            settings.host,
+        )
+    if settings.workers == 1:
+        _serve_worker(settings)
+        return
+    if not open_store(settings.store, retention=settings.retention).shared:
+        raise ConfigurationError(
+            f"--workers {settings.workers} needs a store the workers can share: use redis://"
+        )
+    config = uvicorn_config(settings, "ssehub.app:create_app")
+    sock = config.bind_socket()
+    _supervise(settings, sock)
+
+
+def _supervise(settings: Settings, sock: socket.socket) -> None:
+    """Run ``settings.workers`` processes on one listening socket until a signal.
+
+    A worker that dies is replaced; SIGTERM/SIGINT are passed on to every worker,
+    which closes its streams and exits.
+    """
+    context = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+
+    def start_worker() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_serve_worker, args=(settings, [sock]), daemon=False)
+        process.start()
+        return process
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)
+
+    original = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
+    workers = [start_worker() for _ in range(settings.workers)]
+    logger.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(workers):
+                if not process.is_alive() and not stopping:
+                    logger.warning("worker %s exited (%s); starting another", process.pid,
+                                   process.exitcode)  # fmt: skip
+                    workers[index] = start_worker()
+    finally:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in workers:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        for sig, handler in original.items():
+            signal.signal(sig, handler)
+        sock.close()

@@ -1,0 +1,132 @@
+"""Fixtures shared by every test: real server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """An ``ssehub serve`` process on 127.0.0.1, started and stopped by a test."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.args = args
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        """Start the process and wait until ``/healthz`` answers."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ssehub", "serve", "--port", str(self.port), *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.log_path.parent),
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the server wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the server."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the server to exit; return its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit within 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class ServerFactory:
+    """Starts servers for one test and stops them all afterwards."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.servers: list[ServerProcess] = []
+
+    def __call__(
+        self,
+        *args: str,
+        store: str = "memory://",
+        keepalive: float = 0.5,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+    ) -> ServerProcess:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
+        environ.update({"SSEHUB_DEMO_STEP": "0.1", "SSEHUB_LOG_LEVEL": "info"})
+        environ.update(env or {})
+        port = port or free_port()
+        server = ServerProcess(
+            ["--store", store, "--keepalive", str(keepalive), *args],
+            environ,
+            port,
+            self.tmp_path / f"server-{port}-{len(self.servers)}.log",
+        )
+        self.servers.append(server)
+        return server.start() if start else server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start ``ssehub serve`` processes: ``start_server("--portable", store=...)``."""
+    factory = ServerFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio (uvloop is the server's business)."""
+    return "asyncio"
