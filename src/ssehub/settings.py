@@ -136,6 +136,17 @@ class Settings:
         """How much history the store keeps."""
         return Retention(max_events=self.history_max_events, max_age=self.history_max_age)
 
+    @property
+    def store_url(self) -> str:
+        """`store`, with `sqlite_synchronous` added to a ``sqlite:`` URL that sets none.
+
+        A ``synchronous=`` in the URL itself wins over the setting.
+        """
+        if not self.store.lower().startswith("sqlite:") or "synchronous=" in self.store:
+            return self.store
+        separator = "&" if "?" in self.store else "?"
+        return f"{self.store}{separator}synchronous={self.sqlite_synchronous}"
+
 
 def parse_value(field: dataclasses.Field[Any], raw: str) -> Any:
     """Parse one setting from its text form.

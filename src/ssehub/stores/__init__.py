@@ -40,7 +40,7 @@ def open_store(url: str, *, retention: Retention | None = None) -> Store:
     if scheme == "memory":
         return MemoryStore(retention=retention)
     if scheme == "sqlite":
-        from ssehub.stores.sqlite import SqliteStore  # type: ignore[import-not-found]
+        from ssehub.stores.sqlite import SqliteStore
 
         store: Store = SqliteStore.from_url(url, retention=retention)
         return store

@@ -1,0 +1,58 @@
+"""The SQLite store's schema and its one-process file lock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, the file is not guarded
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 1
+
+# ``events``: every kept event; ``id`` is the event id, so AUTOINCREMENT keeps ids from
+# being reused after the newest rows are deleted. ``created`` never decreases in id order.
+# ``trimmed``: per user, the newest id retention dropped (``reset`` needs it).
+# ``users``: presence of every user who ever opened a stream.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, id);
+CREATE TABLE IF NOT EXISTS trimmed (
+    user_id TEXT PRIMARY KEY,
+    dropped_id INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    connections INTEGER NOT NULL,
+    last_seen REAL NOT NULL,
+    cursor TEXT,
+    cursor_n INTEGER
+) WITHOUT ROWID;
+"""
+
+
+def lock_file(path: Path) -> int | None:
+    """Hold an exclusive lock on ``path`` for as long as the returned descriptor is open.
+
+    The kernel drops the lock when the process dies, even by ``kill -9``.
+
+    Raises:
+        BlockingIOError: another process holds the lock.
+        OSError: the file cannot be opened.
+    """
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -1,0 +1,584 @@
+"""A durable store in one SQLite file, for one process: the default of ``ssehub serve``.
+
+One writer thread owns the only writing connection: appends and presence changes are
+queued, and everything waiting is written in one transaction, so a burst of messages
+costs one commit (and, with ``synchronous=full``, one fsync). Reads run on a small
+pool of reader threads with their own connections; WAL mode lets them read while the
+writer writes. The event loop never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ssehub.events import StoredEvent, event_key
+from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores._sqlite_sql import SCHEMA, SCHEMA_VERSION, lock_file
+from ssehub.stores.base import ReadResult, Retention, Store, UserRecord, UserState
+
+logger = logging.getLogger("ssehub.stores.sqlite")
+
+T = TypeVar("T")
+
+SYNCHRONOUS = ("full", "normal", "off")
+_MAX_BATCH_EVENTS = 10_000  # events written in one transaction
+_MAX_QUEUED_EVENTS = 100_000  # beyond this, appends fail fast with StoreUnavailable
+_SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
+_COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
+_MAX_ROWID = 2**63 - 1
+_STOP = object()
+
+
+class _Job:
+    """Work for the writer thread; its result resolves ``future`` on the loop."""
+
+    __slots__ = ("fn", "future", "notify", "size")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Cursor], Any],
+        future: asyncio.Future[Any],
+        *,
+        size: int = 1,
+        notify: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.size = size
+        self.notify = notify  # the result is [(user_id, event)] for the listener
+
+
+class SqliteStore(Store):
+    """Keeps every user's log and presence in one SQLite file (WAL mode).
+
+    Ids are the table's ``INTEGER PRIMARY KEY AUTOINCREMENT`` as decimal strings:
+    increasing per user (in fact across all users), never reused, kept across
+    restarts. Retention by count runs in the writer thread on every append; retention
+    by age also runs there, on append and in a sweep every ``sweep_interval`` seconds.
+
+    Args:
+        path: the database file; its folder is created on `start`.
+        retention: how much history to keep per user.
+        synchronous: ``full`` (fsync every commit: survives power loss), ``normal``
+            (survives a crash or ``kill -9`` of the process, not of the machine) or
+            ``off`` (no fsync at all).
+        sweep_interval: seconds between background sweeps of expired events.
+        readers: threads (each with its own connection) that serve reads.
+    """
+
+    shared = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention: Retention | None = None,
+        synchronous: str = "normal",
+        sweep_interval: float = 60.0,
+        readers: int = 2,
+    ) -> None:
+        super().__init__(retention=retention)
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigurationError("synchronous must be full, normal or off")
+        if sweep_interval <= 0 or readers < 1:
+            raise ConfigurationError("sweep_interval and readers must be positive")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.sweep_interval = sweep_interval
+        self._reader_count = readers
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._queued = 0  # events queued and not yet resolved (touched on the loop only)
+        self._writer: threading.Thread | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        # Writer-thread state: kept-event count and oldest ``created`` per user.
+        self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._last_created = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, *, retention: Retention | None = None) -> SqliteStore:
+        """Build a store from ``sqlite:///relative/path.db`` or ``sqlite:////absolute.db``.
+
+        The query may set ``synchronous=full|normal|off`` (default normal).
+
+        Raises:
+            ConfigurationError: the URL is not a usable SQLite file URL.
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite" or parts.netloc or parts.fragment:
+            raise ConfigurationError(
+                f"bad SQLite URL {url!r}: write sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        path = unquote(parts.path)[1:]
+        if not path or path.endswith("/") or path == ":memory:":
+            raise ConfigurationError(
+                f"bad SQLite URL {url!r}: name a database file (for no file, use memory://)"
+            )
+        try:
+            query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad SQLite URL query in {url!r}") from exc
+        unknown = sorted(set(query) - {"synchronous"})
+        if unknown:
+            raise ConfigurationError(f"unknown SQLite URL option(s): {', '.join(unknown)}")
+        synchronous = query.get("synchronous", ["normal"])[-1].lower()
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigurationError("synchronous must be full, normal or off")
+        return cls(path, retention=retention, synchronous=synchronous)
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lock_fd = await asyncio.to_thread(self._prepare_file)
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._writer = threading.Thread(
+            target=self._write_forever, args=(ready,), name="ssehub-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.to_thread(self._writer.join)
+            self._release_lock()
+            raise
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            self._reader_count, thread_name_prefix="ssehub-sqlite-reader"
+        )
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="ssehub-sqlite-sweep")
+        logger.info("SQLite store %s open (synchronous=%s)", self.path, self.synchronous)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._writer is not None:
+            # Jobs queued before the stop marker are still written and resolved.
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, wait=True)
+            self._readers = None
+            with self._reader_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
+        self._release_lock()
+
+    def _prepare_file(self) -> int | None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return lock_file(Path(f"{self.path}.lock"))
+        except BlockingIOError as exc:
+            raise ConfigurationError(
+                f"{self.path} is in use by another process; a SQLite store serves one "
+                "process (use redis:// for several)"
+            ) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def ping(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreUnavailable("the SQLite store is not running")
+        await self._read(lambda cur: cur.execute("SELECT 1").fetchone())
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Cursor], Any], *, size: int = 1, notify: bool = False
+    ) -> asyncio.Future[Any]:
+        if self._closed or self._loop is None or self._writer is None:
+            raise StoreUnavailable("the SQLite store is not running")
+        if self._queued + size > _MAX_QUEUED_EVENTS:
+            raise StoreUnavailable(f"the SQLite writer is {self._queued} events behind")
+        future = self._loop.create_future()
+        self._queued += size
+        self._jobs.put(_Job(fn, future, size=size, notify=notify))
+        return future
+
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
+        if not items:
+            return []
+        rows = list(items)
+        events: list[StoredEvent] = await self._submit(
+            lambda cur: self._insert(cur, rows), size=len(rows), notify=True
+        )
+        return events
+
+    def _write_forever(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._open_writer()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        cur = conn.cursor()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._jobs.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Job)
+                batch, size = [first], first.size
+                while size < _MAX_BATCH_EVENTS:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stopping = True
+                        break
+                    assert isinstance(more, _Job)
+                    batch.append(more)
+                    size += more.size
+                self._write_batch(cur, batch)
+        finally:
+            conn.close()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                conn.execute("PRAGMA journal_size_limit=67108864")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"{self.path} was written by a newer ssehub (schema {version})"
+                    )
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                # One process owns the file: streams recorded as open died with it.
+                conn.execute("UPDATE users SET connections = 0 WHERE connections > 0")
+                row = conn.execute("SELECT created FROM events ORDER BY id DESC LIMIT 1")
+                newest = row.fetchone()
+                self._last_created = newest[0] if newest else 0.0
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
+        return conn
+
+    def _write_batch(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
+        results: list[Any] = []
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                results.append(job.fn(cur))
+            cur.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            self._counts.clear()  # it may count rows that were rolled back
+            if isinstance(exc, sqlite3.Error):
+                logger.error("SQLite write failed: %s", exc)
+                exc = StoreUnavailable(f"SQLite write failed: {exc}")
+            self._call_on_loop(self._fail, batch, exc)
+            return
+        self._call_on_loop(self._finish, batch, results)
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _finish(self, batch: list[_Job], results: list[Any]) -> None:
+        listener = self._listener
+        for job, result in zip(batch, results, strict=True):
+            self._queued -= job.size
+            if job.notify:
+                if listener is not None:
+                    for user_id, event in result:
+                        listener.on_event(user_id, event)
+                result = [event for _, event in result]
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        for job in batch:
+            self._queued -= job.size
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    def _insert(
+        self, cur: sqlite3.Cursor, items: list[tuple[str, bytes]]
+    ) -> list[tuple[str, StoredEvent]]:
+        # ``created`` never decreases in id order, so expired rows are a prefix of the table.
+        now = self._last_created = max(time.time(), self._last_created)
+        stored: list[tuple[str, StoredEvent]] = []
+        added: dict[str, int] = {}
+        for user_id, payload in items:
+            cur.execute(
+                "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
+                (user_id, now, payload),
+            )
+            stored.append((user_id, StoredEvent(str(cur.lastrowid), payload)))
+            added[user_id] = added.get(user_id, 0) + 1
+        for user_id, count in added.items():
+            self._trim_user(cur, user_id, count, now)
+        return stored
+
+    def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
+        cached = self._counts.pop(user_id, None)
+        if cached is None:
+            count, oldest = cur.execute(
+                "SELECT count(*), min(created) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        else:
+            count, oldest = cached[0] + added, cached[1]
+        excess = count - self.retention.max_events
+        cutoff = now - self.retention.max_age
+        if excess > 0 or oldest < cutoff:
+            dropped, last_dropped = 0, None
+            rows = cur.connection.execute(
+                "SELECT id, created FROM events WHERE user_id = ? ORDER BY id", (user_id,)
+            )
+            for row_id, created in rows:
+                if dropped >= excess and created >= cutoff:
+                    oldest = created
+                    break
+                dropped, last_dropped = dropped + 1, row_id
+            rows.close()
+            if last_dropped is not None:
+                cur.execute(
+                    "DELETE FROM events WHERE user_id = ? AND id <= ?", (user_id, last_dropped)
+                )
+                self._mark_dropped(cur, [(user_id, last_dropped)])
+                count -= dropped
+        self._counts[user_id] = (count, oldest)
+        if len(self._counts) > _COUNT_CACHE:
+            self._counts.popitem(last=False)
+
+    @staticmethod
+    def _mark_dropped(cur: sqlite3.Cursor, marks: list[tuple[str, int]]) -> None:
+        cur.executemany(
+            "INSERT INTO trimmed (user_id, dropped_id) VALUES (?, ?) ON CONFLICT (user_id) "
+            "DO UPDATE SET dropped_id = max(dropped_id, excluded.dropped_id)",
+            marks,
+        )
+
+    # -- retention sweep ----------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Drop every event older than the retention's ``max_age`` now; return how many.
+
+        Runs on its own every ``sweep_interval`` seconds.
+        """
+        total = 0
+        while True:
+            dropped: int = await self._submit(self._sweep_chunk)
+            total += dropped
+            if dropped < _SWEEP_CHUNK:
+                return total
+
+    def _sweep_chunk(self, cur: sqlite3.Cursor) -> int:
+        cutoff = time.time() - self.retention.max_age
+        newest: dict[str, int] = {}
+        boundary = None
+        rows = cur.connection.execute(
+            "SELECT id, user_id, created FROM events ORDER BY id LIMIT ?", (_SWEEP_CHUNK,)
+        )
+        dropped = 0
+        for row_id, user_id, created in rows:
+            if created >= cutoff:
+                break
+            newest[user_id] = boundary = row_id
+            dropped += 1
+        rows.close()
+        if boundary is not None:
+            cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
+            self._mark_dropped(cur, list(newest.items()))
+            for user_id in newest:
+                self._counts.pop(user_id, None)
+        if dropped < _SWEEP_CHUNK:
+            # Marks of users nobody knows and who have nothing kept, as MemoryStore forgets.
+            cur.execute(
+                "DELETE FROM trimmed WHERE user_id NOT IN (SELECT user_id FROM users) "
+                "AND NOT EXISTS (SELECT 1 FROM events WHERE events.user_id = trimmed.user_id)"
+            )
+        return dropped
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                logger.warning("retention sweep failed: %s", exc)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        if self._readers is None or self._loop is None:
+            raise StoreUnavailable("the SQLite store is not running")
+        return await self._loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        try:
+            cur: sqlite3.Cursor | None = getattr(self._reader_local, "cursor", None)
+            if cur is None:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=10.0, check_same_thread=False
+                )
+                with self._reader_lock:
+                    self._reader_conns.append(conn)
+                conn.execute("PRAGMA query_only=1")
+                cur = self._reader_local.cursor = conn.cursor()
+            cur.execute("BEGIN")  # one snapshot for every query of ``fn``
+            try:
+                return fn(cur)
+            finally:
+                cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+    async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
+        after = event_key(after_id) if after_id is not None else None
+        return await self._read(lambda cur: self._read_after(cur, user_id, after, limit))
+
+    @staticmethod
+    def _read_after(
+        cur: sqlite3.Cursor, user_id: str, after: tuple[int, int] | None, limit: int
+    ) -> ReadResult:
+        def rows(after_n: int) -> list[StoredEvent]:
+            found = cur.execute(
+                "SELECT id, payload FROM events WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (user_id, after_n, limit),
+            )
+            return [StoredEvent(str(row_id), payload) for row_id, payload in found]
+
+        if after is None:
+            return ReadResult(rows(0))
+        newest = cur.execute(
+            "SELECT id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user_id,)
+        ).fetchone()
+        mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
+        dropped_row = mark.fetchone()
+        dropped = dropped_row[0] if dropped_row else None
+        last = max(newest[0] if newest else 0, dropped or 0)
+        if last == 0:
+            return ReadResult([], reset=True)
+        if after > (last, 0):
+            return ReadResult(rows(0), reset=True)
+        # Our ids are "N"; any "N-M" with M > 0 falls between N and N + 1.
+        reset = dropped is not None and after < (dropped, 0)
+        return ReadResult(rows(after[0]), reset=reset)
+
+    # -- fan-out (one process: straight to the listener) ----------------------------------
+
+    async def watch(self, user_id: str) -> None:
+        return None
+
+    async def unwatch(self, user_id: str) -> None:
+        return None
+
+    async def publish_broadcast(self, payload: bytes) -> None:
+        if self._listener is not None:
+            self._listener.on_broadcast(payload)
+
+    async def publish_disconnect(self, user_id: str) -> None:
+        if self._listener is not None:
+            self._listener.on_disconnect(user_id)
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def set_presence(
+        self, user_id: str, *, connections: int, cursor: str | None = None
+    ) -> None:
+        cursor_n = min(event_key(cursor)[0], _MAX_ROWID) if cursor is not None else None
+        params = (user_id, connections, time.time(), cursor, cursor_n)
+        await self._submit(
+            lambda cur: cur.execute(
+                "INSERT INTO users (user_id, connections, last_seen, cursor, cursor_n) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+                "connections = excluded.connections, last_seen = excluded.last_seen, "
+                "cursor = coalesce(excluded.cursor, cursor), "
+                "cursor_n = coalesce(excluded.cursor_n, cursor_n)",
+                params,
+            )
+        )
+
+    async def refresh_presence(self, user_ids: Sequence[str]) -> None:
+        # One process owns the file, so a user with open streams is seen now: reads
+        # report the current time and nothing needs writing every keep-alive.
+        return None
+
+    _USER_COLUMNS = (
+        "u.user_id, u.connections, u.last_seen, u.cursor, CASE WHEN u.connections > 0 "
+        "THEN 0 ELSE (SELECT count(*) FROM events e WHERE e.user_id = u.user_id "
+        "AND e.id > coalesce(u.cursor_n, 0)) END"
+    )
+
+    @staticmethod
+    def _record(row: tuple[Any, ...], now: float) -> UserRecord:
+        user_id, connections, last_seen, cursor, pending = row
+        return UserRecord(
+            user_id, True, connections, now if connections > 0 else last_seen, cursor, pending
+        )
+
+    async def get_user(self, user_id: str) -> UserRecord:
+        def read(cur: sqlite3.Cursor) -> UserRecord:
+            query = f"SELECT {self._USER_COLUMNS} FROM users u WHERE u.user_id = ?"
+            row = cur.execute(query, (user_id,)).fetchone()
+            if row is not None:
+                return self._record(row, time.time())
+            (pending,) = cur.execute(
+                "SELECT count(*) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return UserRecord(user_id, False, 0, None, None, pending)
+
+        return await self._read(read)
+
+    async def list_users(
+        self, *, state: UserState | None = None, after: str | None = None, limit: int = 100
+    ) -> list[UserRecord]:
+        if state is UserState.UNKNOWN:
+            return []
+        where = ["u.user_id > ?"] if after is not None else []
+        if state is UserState.CONNECTED:
+            where.append("u.connections > 0")
+        elif state is UserState.DISCONNECTED:
+            where.append("u.connections = 0")
+        query = f"SELECT {self._USER_COLUMNS} FROM users u"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY u.user_id LIMIT ?"
+        params = (*([after] if after is not None else []), limit)
+
+        def read(cur: sqlite3.Cursor) -> list[UserRecord]:
+            now = time.time()
+            return [self._record(row, now) for row in cur.execute(query, params)]
+
+        return await self._read(read)
