@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings.from_env()
     settings.validate()
-    store = open_store(settings.store, retention=settings.retention)
+    store = open_store(settings.store_url, retention=settings.retention)
     hub = Hub(
         store,
         keepalive=settings.keepalive,
