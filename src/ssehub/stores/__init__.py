@@ -45,7 +45,7 @@ def open_store(url: str, *, retention: Retention | None = None) -> Store:
         store: Store = SqliteStore.from_url(url, retention=retention)
         return store
     if scheme in ("redis", "rediss", "unix"):
-        from ssehub.stores.redis import RedisStore  # type: ignore[import-not-found]
+        from ssehub.stores.redis import RedisStore
 
         redis_store: Store = RedisStore.from_url(url, retention=retention)
         return redis_store
