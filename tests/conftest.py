@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -87,8 +88,9 @@ class ServerProcess:
 class ServerFactory:
     """Starts servers for one test and stops them all afterwards."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, stream_mode: str = "fast") -> None:
         self.tmp_path = tmp_path
+        self.stream_mode = stream_mode
         self.servers: list[ServerProcess] = []
 
     def __call__(
@@ -104,8 +106,9 @@ class ServerFactory:
         environ.update({"SSEHUB_DEMO_STEP": "0.1", "SSEHUB_LOG_LEVEL": "info"})
         environ.update(env or {})
         port = port or free_port()
+        mode = ["--portable"] if self.stream_mode == "portable" else []
         server = ServerProcess(
-            ["--store", store, "--keepalive", str(keepalive), *args],
+            ["--store", store, "--keepalive", str(keepalive), *mode, *args],
             environ,
             port,
             self.tmp_path / f"server-{port}-{len(self.servers)}.log",
@@ -118,10 +121,43 @@ class ServerFactory:
             server.stop()
 
 
+STREAM_MODES = ("fast", "portable")
+
+
+def _reads_streams(module: object) -> bool:
+    try:
+        source = inspect.getsource(module)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+    return "tests.sse" in source or "/sse/connect" in source
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules that open streams run against both ways of serving them.
+
+    A test module that uses the stream reader (``tests.sse``) or the stream route runs
+    each of its tests that start servers twice: ``[fast]`` (``ssehub serve``'s default,
+    streams written straight to the socket) and ``[portable]`` (``--portable``, the ASGI
+    route). Other modules run once, on the fast path.
+    """
+    if "stream_mode" in metafunc.fixturenames:
+        modes = STREAM_MODES if _reads_streams(metafunc.module) else STREAM_MODES[:1]
+        metafunc.parametrize("stream_mode", modes, indirect=True)
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start ``ssehub serve`` processes: ``start_server("--portable", store=...)``."""
-    factory = ServerFactory(tmp_path)
+def stream_mode(request: pytest.FixtureRequest) -> str:
+    """How the servers of this test serve streams: ``fast`` or ``portable``."""
+    return str(getattr(request, "param", "fast"))
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, stream_mode: str) -> Iterator[ServerFactory]:
+    """Start ``ssehub serve`` processes: ``start_server("--portable", store=...)``.
+
+    Servers serve streams the way ``stream_mode`` says (see `pytest_generate_tests`).
+    """
+    factory = ServerFactory(tmp_path, stream_mode)
     yield factory
     factory.close()
 

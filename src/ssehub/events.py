@@ -32,9 +32,9 @@ def _utf8(text: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
-        # Lone surrogates cannot travel as UTF-8: replace each with U+FFFD, as a
-        # browser's decoder would, rather than refuse the whole message.
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode()
+        # Surrogates cannot travel as UTF-8: a valid pair becomes its character and a
+        # lone one U+FFFD, as a browser's TextEncoder does, rather than refuse it all.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
 
 def _json_default(value: Any) -> Any:
