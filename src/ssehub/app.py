@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from ssehub import __version__
 from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
+from ssehub.api.web import add_web_routes
 from ssehub.auth import Authenticator
 from ssehub.hub import Hub
 from ssehub.settings import Settings
@@ -54,5 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     router = create_router(hub, auth=auth, demo_step=settings.demo_step)
     add_health_routes(router, hub)
+    add_web_routes(router)
     app.include_router(router)
     return app

@@ -1,0 +1,48 @@
+"""The demo page at ``/``: connect as a user and watch the stream in a browser.
+
+Plain files in ``ssehub/web`` (HTML, JavaScript, CSS), no build step. They are read once,
+when the routes are added, and served from memory.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Response
+
+_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+# The page loads nothing from elsewhere and runs no inline script.
+_PAGE_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-cache",
+}
+
+
+def _read(name: str) -> bytes:
+    return resources.files("ssehub").joinpath("web", name).read_bytes()
+
+
+def add_web_routes(router: APIRouter) -> None:
+    """Add ``GET /`` (the page) and ``GET /web/{app.js,app.css}`` (its assets)."""
+    page = _read("index.html")
+
+    @router.get("/", include_in_schema=False, response_class=Response)
+    async def index() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    for name, media_type in _FILES.items():
+        _add_asset(router, name, _read(name), media_type)
+
+
+def _add_asset(router: APIRouter, name: str, body: bytes, media_type: str) -> None:
+    async def asset() -> Response:
+        return Response(body, media_type=media_type, headers=_PAGE_HEADERS)
+
+    router.add_api_route(
+        f"/web/{name}", asset, methods=["GET"], include_in_schema=False, response_class=Response
+    )
