@@ -1,0 +1,204 @@
+"""What only the SQLite store promises: its URL, its file, restarts and the sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ssehub.events import event_key
+from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores import ReadResult, Retention, open_store
+from ssehub.stores.sqlite import SqliteStore
+from tests.stores.conftest import RecordingListener
+
+pytestmark = pytest.mark.anyio
+
+Opener = Callable[..., Coroutine[Any, Any, SqliteStore]]
+
+
+@pytest.fixture
+async def open_sqlite(tmp_path: Path) -> AsyncIterator[Opener]:
+    """Start SQLite stores (on ``tmp_path/hub.db`` unless told); close them afterwards."""
+    opened: list[SqliteStore] = []
+
+    async def opener(path: Path | None = None, **options: Any) -> SqliteStore:
+        store = SqliteStore(path or tmp_path / "hub.db", **options)
+        store.bind(RecordingListener())
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in reversed(opened):
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "synchronous"),
+    [
+        ("sqlite:///data/ssehub.db", Path("data/ssehub.db"), "normal"),
+        ("sqlite:////var/lib/hub.db", Path("/var/lib/hub.db"), "normal"),
+        ("sqlite:///hub.db?synchronous=full", Path("hub.db"), "full"),
+        ("SQLITE:///my%20hub.db?synchronous=OFF", Path("my hub.db"), "off"),
+    ],
+)
+def test_a_sqlite_url_names_the_file_and_its_durability(
+    url: str, path: Path, synchronous: str
+) -> None:
+    store = open_store(url)
+    assert isinstance(store, SqliteStore)
+    assert (store.path, store.synchronous, store.shared) == (path, synchronous, False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/hub.db",
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///data/",
+        "sqlite:///:memory:",
+        "sqlite:///hub.db?synchronous=sometimes",
+        "sqlite:///hub.db?journal=delete",
+        "sqlite:///hub.db#frag",
+    ],
+)
+def test_a_bad_sqlite_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(url)
+
+
+async def test_starting_creates_the_folder_and_a_wal_mode_database(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    path = tmp_path / "deep" / "er" / "hub.db"
+    store = await open_sqlite(path)
+    await store.append("alice", b"data: hi\n")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_a_second_store_on_the_same_file_is_refused(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    await open_sqlite()
+    with pytest.raises(ConfigurationError, match="in use by another process"):
+        await open_sqlite()
+
+
+async def test_a_file_that_is_not_a_database_makes_start_fail_as_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hub.db"
+    path.write_bytes(b"this is not a database, just some text " * 100)
+    store = SqliteStore(path)
+    with pytest.raises(StoreUnavailable, match="cannot open"):
+        await store.start()
+    # The lock went with the failed start: a good file can be opened right after.
+    path.unlink()
+    await store.start()
+    await store.close()
+
+
+async def test_a_closed_store_refuses_appends_as_unavailable(open_sqlite: Opener) -> None:
+    store = await open_sqlite()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.append("alice", b"data: late\n")
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_events_ids_and_presence_survive_a_reopen(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    first = await open_sqlite()
+    kept = await first.append_many([("alice", b"data: 1\n"), ("alice", b"data: 2\n")])
+    await first.set_presence("alice", connections=1, cursor=kept[0].id)
+    await first.close()
+
+    second = await open_sqlite()
+    assert (await second.read_after("alice", None, limit=10)).events == kept
+    newer = await second.append("alice", b"data: 3\n")
+    assert event_key(newer.id) > event_key(kept[-1].id)
+    record = await second.get_user("alice")
+    # Streams recorded as open died with the process that owned the file.
+    assert (record.known, record.connections, record.cursor) == (True, 0, kept[0].id)
+    assert record.pending == 2
+
+
+async def test_ids_are_never_reused_after_the_newest_events_are_dropped(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite(retention=Retention(max_events=1))
+    first = await store.append("alice", b"data: 1\n")
+    second = await store.append("alice", b"data: 2\n")
+    assert event_key(second.id) > event_key(first.id)
+    assert (await store.read_after("alice", first.id, limit=10)).events == [second]
+
+
+async def test_ids_beyond_any_rowid_read_as_a_reset_not_an_error(open_sqlite: Opener) -> None:
+    store = await open_sqlite()
+    kept = await store.append("alice", b"data: 1\n")
+    huge = "9" * 20
+    assert await store.read_after("alice", huge, limit=10) == ReadResult([kept], reset=True)
+    await store.set_presence("alice", connections=0, cursor=f"{huge}-{huge}")
+    assert (await store.get_user("alice")).pending == 0
+
+
+async def test_sweep_drops_expired_events_and_remembers_what_it_dropped(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite(retention=Retention(max_age=0.2))
+    await store.set_presence("alice", connections=0)
+    old = await store.append_many([("alice", b"data: a\n"), ("bob", b"data: b\n")])
+    await asyncio.sleep(0.3)  # the passing of time is what is tested here
+    fresh = await store.append("carol", b"data: c\n")
+    assert await store.sweep() == 2
+    assert (await store.read_after("alice", None, limit=10)).events == []
+    assert (await store.read_after("carol", None, limit=10)).events == [fresh]
+    # A known user keeps the mark: reading after the newest dropped id misses nothing.
+    assert not (await store.read_after("alice", old[0].id, limit=10)).reset
+    # A user nobody knows, with nothing kept, is forgotten (as MemoryStore forgets).
+    assert (await store.read_after("bob", old[1].id, limit=10)).reset
+    assert await store.sweep() == 0
+
+
+async def test_the_sweep_runs_on_its_own(open_sqlite: Opener) -> None:
+    store = await open_sqlite(retention=Retention(max_age=0.1), sweep_interval=0.05)
+    await store.append("alice", b"data: a\n")
+    async with asyncio.timeout(5):
+        # A background sweep signals nothing: poll its effect, bounded above.
+        while (await store.get_user("alice")).pending:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_the_file_stops_growing_under_a_steady_load_with_retention(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    store = await open_sqlite(retention=Retention(max_events=20))
+    payload = b"data: " + b"x" * 500 + b"\n"
+
+    async def load(rounds: int) -> int:
+        for _ in range(rounds):
+            await store.append_many([(f"user-{n % 10}", payload) for n in range(200)])
+        with sqlite3.connect(tmp_path / "hub.db") as conn:
+            pages: int = conn.execute("PRAGMA page_count").fetchone()[0]
+        return pages
+
+    warm = await load(5)
+    assert await load(20) <= warm + 4
+    assert sum([(await store.get_user(f"user-{n}")).pending for n in range(10)]) == 200
+
+
+async def test_many_tasks_appending_at_once_are_written_in_few_transactions(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite()
+    stored = await asyncio.gather(*(store.append(f"u{n}", b"data: x\n") for n in range(300)))
+    assert [event.id for event in stored] == [str(n) for n in range(1, 301)]

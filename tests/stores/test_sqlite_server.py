@@ -1,0 +1,117 @@
+"""The SQLite store under a real ``ssehub serve``: what was accepted survives kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ssehub.events import event_key
+from ssehub.settings import Settings
+from tests.conftest import ServerFactory
+from tests.sse import Stream
+
+pytestmark = pytest.mark.anyio
+
+
+async def publish(client: httpx.AsyncClient, url: str, user_id: str, data: str) -> str:
+    answer = await client.post(f"{url}/sse/users/{user_id}/messages", json={"data": data})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+async def read_until(
+    stream: Stream, wanted: set[str], timeout: float = 10.0
+) -> list[tuple[str, str]]:
+    """(id, data) of the stream's messages until every id in ``wanted`` was seen."""
+    seen: list[tuple[str, str]] = []
+    async with asyncio.timeout(timeout):
+        while not wanted <= {event_id for event_id, _ in seen}:
+            event = await stream.next_message()
+            assert event is not None, (
+                f"stream ended after {len(seen)} messages: "
+                f"{stream.status_code} {stream.error_body!r}"
+            )
+            if event.id:
+                seen.append((event.id, event.data))
+    return seen
+
+
+async def test_every_accepted_message_survives_kill_9_of_the_server(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/hub.db"
+    server = start_server(store=store)
+    accepted: dict[str, str] = {}  # id -> data, only for answers that were 202
+    enough = asyncio.Event()
+
+    async def publisher(name: str) -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            for i in range(10_000):
+                data = f"{name}-{i}"
+                try:
+                    event_id = await publish(client, server.url, "alice", data)
+                except httpx.HTTPError:
+                    return  # the server died under this request: its fate is unknown
+                accepted[event_id] = data
+                if len(accepted) >= 300:
+                    enough.set()
+
+    publishers = [asyncio.create_task(publisher(f"p{n}")) for n in range(6)]
+    async with asyncio.timeout(30):
+        await enough.wait()
+    assert server.proc is not None
+    server.proc.kill()  # SIGKILL, while the publishers are still sending
+    server.proc.wait(10)
+    await asyncio.gather(*publishers)
+
+    restarted = start_server(store=store)
+    async with Stream(restarted.url, "alice") as alice:  # never connected: the whole queue
+        seen = await read_until(alice, set(accepted))
+    ids = [event_id for event_id, _ in seen]
+    assert ids == sorted(ids, key=event_key)
+    assert len(set(ids)) == len(ids)
+    assert {event_id: data for event_id, data in seen if event_id in accepted} == accepted
+    for name in {data.split("-")[0] for data in accepted.values()}:
+        numbers = [int(data.split("-")[1]) for _, data in seen if data.startswith(f"{name}-")]
+        assert numbers == list(range(len(numbers)))  # each publisher's messages, in order
+
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        newest = await publish(client, restarted.url, "alice", "after the restart")
+    assert event_key(newest) > event_key(ids[-1])
+
+    middle = ids[len(ids) // 2]
+    async with Stream(restarted.url, "alice", headers={"Last-Event-ID": middle}) as again:
+        rest = await read_until(again, set(ids[len(ids) // 2 + 1 :]))
+    assert [event_id for event_id, _ in rest] == ids[len(ids) // 2 + 1 :]
+
+
+async def test_ids_keep_increasing_and_the_queue_waits_across_a_restart(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    store = "sqlite:///data/ssehub.db"  # relative to the server's working folder
+    first = start_server(store=store)
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        before = await publish(client, first.url, "bob", "before the restart")
+        first.stop()
+        assert (tmp_path / "data" / "ssehub.db").exists()
+
+        second = start_server(store=store)
+        after = await publish(client, second.url, "bob", "after the restart")
+        status = (await client.get(f"{second.url}/sse/users/bob")).json()
+    assert event_key(before) < event_key(after)
+    assert status["pending"] == 2
+    async with Stream(second.url, "bob") as bob:
+        seen = await read_until(bob, {before, after})
+    assert seen == [(before, "before the restart"), (after, "after the restart")]
+
+
+def test_serve_keeps_messages_in_data_ssehub_db_by_default() -> None:
+    assert Settings().store == "sqlite:///data/ssehub.db"
+    assert Settings().store_url == "sqlite:///data/ssehub.db?synchronous=normal"
+    assert Settings(sqlite_synchronous="full").store_url.endswith("?synchronous=full")
+    own = Settings(store="sqlite:///x.db?synchronous=off", sqlite_synchronous="full")
+    assert own.store_url == "sqlite:///x.db?synchronous=off"
+    assert Settings(store="memory://").store_url == "memory://"
