@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from ssehub.app import create_app
 from ssehub.exceptions import ConfigurationError
+from ssehub.fastpath import fast_protocol
 from ssehub.hub import Hub
 from ssehub.logs import configure_logging
 from ssehub.settings import Settings
@@ -59,13 +62,19 @@ class HubServer(uvicorn.Server):
 
 
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
-    """The uvicorn settings ssehub runs with."""
+    """The uvicorn settings ssehub runs with.
+
+    Streams take the fast path (`ssehub.fastpath`) unless ``settings.portable``.
+    """
+    http: type[asyncio.Protocol] | str = "httptools"
+    if isinstance(app, FastAPI) and not settings.portable:
+        http = fast_protocol(app)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -1,0 +1,353 @@
+"""The fast path: ``GET /sse/connect/{user_id}`` served straight from the socket.
+
+`ssehub serve` runs uvicorn with a subclass of its httptools protocol. When the headers
+of a request are complete and it opens a stream, the protocol checks the user id, the
+credentials and ``Last-Event-ID`` exactly as the portable route does, then hands the
+socket's transport to a `StreamProtocol`: a small object that is both the transport's
+protocol and the hub's `FrameSink`. From then on each frame is one ``transport.write``,
+with no ASGI task, ``send`` or queue per message. Every other request (publish, state,
+docs, the demo page, and any stream request this path does not take, such as HTTP/1.0
+or a pipelined one) goes through the FastAPI app as usual, on the same port.
+
+This relies on uvicorn's ``HttpToolsProtocol`` internals (its parser callbacks and
+``url``, ``headers``, ``cycle``, ``server_state`` attributes), which is why
+``pyproject.toml`` pins uvicorn's version range and the tests exercise the seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import httptools
+from fastapi import FastAPI, Response
+from starlette.middleware.cors import CORSMiddleware
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from ssehub import events
+from ssehub.api._errors import error_response, json_response
+from ssehub.api.streams import STREAM_HEADERS, check_last_event_id
+from ssehub.auth import Authenticator
+from ssehub.connection import Connection
+from ssehub.exceptions import SsehubError
+from ssehub.hub import Hub
+from ssehub.limits import check_user_id
+
+logger = logging.getLogger("ssehub.fastpath")
+
+CONNECT_PREFIX = "/sse/connect/"
+_CONNECT_PREFIX_BYTES = CONNECT_PREFIX.encode()
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk (RFC 9112, section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_KEEPALIVE_CHUNK = chunk(events.KEEPALIVE_FRAME)
+
+
+class FastStreams:
+    """What the fast path needs to open streams: the hub, the authenticator, CORS.
+
+    Args:
+        hub: the hub streams are registered with.
+        auth: who may subscribe.
+        cors_origins: origins allowed by CORS (``*`` for any), as for the app.
+        cors_credentials: whether CORS requests may carry credentials.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        auth: Authenticator,
+        *,
+        cors_origins: Sequence[str] = (),
+        cors_credentials: bool = False,
+    ) -> None:
+        self.hub = hub
+        self.auth = auth
+        self._origins = frozenset(cors_origins)
+        self._credentials = cors_credentials
+        self._stream_head = b"".join(
+            k.encode() + b": " + v.encode() + b"\r\n" for k, v in STREAM_HEADERS.items()
+        )
+
+    def cors_headers(self, headers: Mapping[str, str]) -> bytes:
+        """The CORS headers of an answer, as Starlette's CORSMiddleware would add them."""
+        origin = headers.get("origin")
+        if origin is None or not self._origins:
+            return b""
+        wildcard = "*" in self._origins
+        if not wildcard and origin not in self._origins:
+            return b""
+        out = b""
+        if wildcard and not self._credentials and "cookie" not in headers:
+            out += b"access-control-allow-origin: *\r\n"
+        else:
+            out += b"access-control-allow-origin: " + origin.encode("latin-1") + b"\r\n"
+            out += b"vary: Origin\r\n"
+        if self._credentials:
+            out += b"access-control-allow-credentials: true\r\n"
+        return out
+
+    def stream_head(self, default_headers: list[tuple[bytes, bytes]], cors: bytes) -> bytes:
+        """The status line and headers of a stream (chunked, like uvicorn's)."""
+        parts = [STATUS_LINE[200]]
+        parts.extend(name + b": " + value + b"\r\n" for name, value in default_headers)
+        parts += [self._stream_head, cors, b"transfer-encoding: chunked\r\n\r\n"]
+        return b"".join(parts)
+
+
+class StreamProtocol(asyncio.Protocol):
+    """One stream's socket once taken over: the transport's protocol and the `FrameSink`.
+
+    Until the hub has registered the stream (greeting and replay included), frames are
+    held and then written together with the response head; if registering fails, the
+    client gets the same JSON error as from the portable route instead.
+    """
+
+    __slots__ = (
+        "_cors",
+        "_front",
+        "_pending",
+        "_slow",
+        "_state",
+        "_transport",
+        "closed",
+        "connection",
+        "lost",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        front: FastStreams,
+        state: ServerState,
+        cors: bytes,
+    ) -> None:
+        self._transport = transport
+        self._front = front
+        self._state = state
+        self._cors = cors
+        self._pending: list[bytes] | None = []
+        self._slow = False
+        self.connection: Connection | None = None
+        self.closed = False
+        self.lost = False
+
+    # -- FrameSink ----------------------------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Write a frame as one chunk; False once the socket's buffer is over its bound."""
+        if self.closed:
+            return True
+        if self._pending is not None:
+            self._pending.append(data)
+            return True
+        transport = self._transport
+        transport.write(_KEEPALIVE_CHUNK if data is events.KEEPALIVE_FRAME else chunk(data))
+        if transport.get_write_buffer_size() > self._front.hub.limits.buffer_bytes:
+            self._slow = True
+            return False
+        return True
+
+    def close(self, final: bytes | None = None) -> None:
+        """End the response after ``final``; a slow consumer's socket is dropped at once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._pending is not None:
+            if final:
+                self._pending.append(final)
+            return  # the opener writes what is held, then ends the response
+        if self.lost:
+            return
+        if self._slow:
+            # Its buffer is full and may never drain: do not wait for it.
+            self._transport.abort()
+            return
+        self._transport.write(chunk(final) + _LAST_CHUNK if final else _LAST_CHUNK)
+        self._transport.close()
+
+    # -- opening ------------------------------------------------------------------------
+
+    def opened(self, connection: Connection) -> None:
+        """The hub registered the stream: send the head and everything held so far."""
+        self.connection = connection
+        if self.lost:
+            self._front.hub.release(connection)
+            return
+        held, self._pending = self._pending or [], None
+        parts = [self._front.stream_head(self._state.default_headers, self._cors)]
+        parts.extend(chunk(data) for data in held)
+        if self.closed:
+            parts.append(_LAST_CHUNK)
+        self._transport.write(b"".join(parts))
+        if self.closed:
+            self._transport.close()
+            self._front.hub.release(connection)
+
+    def refuse(self, response: Response) -> None:
+        """Answer with ``response`` (an error) and close the connection."""
+        self.closed = True
+        self._pending = None
+        if self.lost:
+            return
+        parts = [STATUS_LINE[response.status_code]]
+        parts.extend(name + b": " + value + b"\r\n" for name, value in self._state.default_headers)
+        parts.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
+        parts += [self._cors, b"connection: close\r\n\r\n", bytes(response.body)]
+        self._transport.write(b"".join(parts))
+        self._transport.close()
+
+    async def open(self, user_id: str, last_event_id: str | None, expires_at: float | None) -> None:
+        """Register the stream with the hub, then answer (the only task of a stream)."""
+        try:
+            connection = await self._front.hub.open(
+                user_id, self, last_event_id=last_event_id, expires_at=expires_at
+            )
+        except SsehubError as exc:
+            self.refuse(error_response(exc))
+        except Exception:
+            logger.exception("could not open a stream for user %r", user_id)
+            self.refuse(json_response(500, {"detail": "Internal Server Error"}))
+        else:
+            self.opened(connection)
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        # A client has nothing to say on an event stream; anything it sends is ignored.
+        pass
+
+    def eof_received(self) -> bool | None:
+        # The client closed its side: the transport closes, connection_lost follows.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.closed = True
+        self._state.connections.discard(self)
+        if self.connection is not None:
+            self._front.hub.release(self.connection)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on a graceful shutdown: end the stream with a retry hint."""
+        final = events.retry_frame(self._front.hub.retry_ms)
+        if self.connection is not None:
+            self.connection.close(final)
+        else:
+            self.close(final)
+
+
+class FastHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, taking over stream requests (see the module doc)."""
+
+    streams: ClassVar[FastStreams]
+    _taken = False
+
+    def on_headers_complete(self) -> None:
+        if self._taken:
+            return
+        target = self._stream_target()
+        if target is None:
+            super().on_headers_complete()
+        else:
+            self._take_over(*target)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._taken:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._taken:
+            super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._taken:  # the socket is the stream's now
+            super().send_400_response(msg)
+
+    def _stream_target(self) -> tuple[str, bytes] | None:
+        """``(user_id, query)`` if this request opens a stream the fast path serves."""
+        url: bytes = self.url
+        if not url.startswith(_CONNECT_PREFIX_BYTES) or self.root_path:
+            return None
+        parser = self.parser
+        if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
+            return None  # HTTP/1.0 has no chunked encoding: the app answers it
+        if parser.should_upgrade():
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None  # pipelined behind a request still being answered
+        try:
+            parsed = httptools.parse_url(url)
+            path = parsed.path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return None
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        user_id = path[len(CONNECT_PREFIX) :]
+        if not user_id or "/" in user_id:
+            return None  # the app answers with its 404 or redirect
+        return user_id, parsed.query or b""
+
+    def _take_over(self, user_id: str, query_string: bytes) -> None:
+        self._taken = True
+        front = self.streams
+        transport = self.transport
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        stream = StreamProtocol(transport, front, self.server_state, front.cors_headers(headers))
+        self.connections.discard(self)
+        self.connections.add(stream)  # type: ignore[arg-type]
+        transport.set_protocol(stream)
+        if not transport.is_reading():
+            transport.resume_reading()  # a paused socket would hide the client leaving
+        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        try:
+            check_user_id(user_id, max_length=front.hub.limits.max_user_id_length)
+            grant = front.auth.subscriber(user_id, headers, query)
+            resume = check_last_event_id(headers.get("last-event-id"), query.get("last_event_id"))
+        except SsehubError as exc:
+            stream.refuse(error_response(exc))
+            return
+        remaining = grant.remaining()
+        expires_at = None if remaining is None else time.monotonic() + remaining
+        task = self.loop.create_task(stream.open(user_id, resume, expires_at))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def fast_protocol(app: FastAPI) -> type[FastHttpProtocol]:
+    """The uvicorn ``http`` protocol class that serves ``app``'s streams the fast way.
+
+    ``app`` is built by `ssehub.app.create_app`: its state holds ``hub`` and ``auth``;
+    stream answers get the same CORS headers as the app's ``CORSMiddleware`` adds.
+    """
+    state: Any = app.state
+    cors: dict[str, Any] = {}
+    for middleware in app.user_middleware:
+        if getattr(middleware, "cls", None) is CORSMiddleware:
+            cors = dict(middleware.kwargs)
+    front = FastStreams(
+        state.hub,
+        state.auth,
+        cors_origins=cors.get("allow_origins", ()),
+        cors_credentials=bool(cors.get("allow_credentials", False)),
+    )
+
+    class SsehubHttpProtocol(FastHttpProtocol):
+        streams = front
+
+    return SsehubHttpProtocol
+
+
+__all__ = ["FastHttpProtocol", "FastStreams", "StreamProtocol", "chunk", "fast_protocol"]
