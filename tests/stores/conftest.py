@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,7 +11,9 @@ import pytest
 
 from ssehub.events import StoredEvent, event_key
 from ssehub.stores import MemoryStore, Retention, Store
+from ssehub.stores.redis import RedisStore
 from ssehub.stores.sqlite import SqliteStore
+from tests.redis_server import redis_url
 
 STORE_KINDS = ["memory", "sqlite", "redis"]
 
@@ -57,18 +57,6 @@ def later_than_any(event_id: str) -> str:
     return f"{major + 10**9}-0"
 
 
-async def _redis_url() -> str:
-    try:
-        module = importlib.import_module("tests.redis_server")
-        importlib.import_module("ssehub.stores.redis")
-    except ImportError as exc:
-        pytest.skip(f"the Redis store or its test server helper is not available yet: {exc}")
-    url = module.redis_url()
-    if inspect.isawaitable(url):
-        url = await url
-    return str(url)
-
-
 class StoreFactory:
     """Builds and starts stores of one kind for a test; closes them afterwards."""
 
@@ -77,27 +65,23 @@ class StoreFactory:
         self.tmp_path = tmp_path
         self.stores: list[Store] = []
 
-    async def build(self, retention: Retention | None = None) -> Store:
+    def build(self, retention: Retention | None = None) -> Store:
         """A store of this kind, not started (a fresh file or key prefix each time)."""
         if self.kind == "memory":
             return MemoryStore(retention=retention)
         if self.kind == "sqlite":
             path = self.tmp_path / f"store-{len(self.stores)}.db"
             return SqliteStore(path, retention=retention)
-        url = await _redis_url()
+        url = redis_url()
         separator = "&" if "?" in url else "?"
-        from ssehub.stores.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
-
-        store: Store = RedisStore.from_url(
-            f"{url}{separator}prefix=test-{uuid.uuid4().hex}", retention=retention
-        )
-        return store
+        prefix = f"test-{uuid.uuid4().hex}"  # a fresh key space for every store
+        return RedisStore.from_url(f"{url}{separator}prefix={prefix}", retention=retention)
 
     async def __call__(
         self, *, retention: Retention | None = None, listener: RecordingListener | None = None
     ) -> Store:
         """A started store bound to ``listener`` (a new one if omitted)."""
-        store = await self.build(retention)
+        store = self.build(retention)
         store.bind(listener or RecordingListener())
         await store.start()
         self.stores.append(store)
