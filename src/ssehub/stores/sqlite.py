@@ -10,12 +10,10 @@ writer writes. The event loop never waits for the disk.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -26,7 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
-from ssehub.stores._sqlite_sql import SCHEMA, SCHEMA_VERSION, lock_file
+from ssehub.stores._sqlite_sql import lock_file
+from ssehub.stores._sqlite_writer import SWEEP_CHUNK, Writer
 from ssehub.stores.base import ReadResult, Retention, Store, UserRecord, UserState
 
 logger = logging.getLogger("ssehub.stores.sqlite")
@@ -34,31 +33,7 @@ logger = logging.getLogger("ssehub.stores.sqlite")
 T = TypeVar("T")
 
 SYNCHRONOUS = ("full", "normal", "off")
-_MAX_BATCH_EVENTS = 10_000  # events written in one transaction
-_MAX_QUEUED_EVENTS = 100_000  # beyond this, appends fail fast with StoreUnavailable
-_SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
-_COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
 _MAX_ROWID = 2**63 - 1
-_STOP = object()
-
-
-class _Job:
-    """Work for the writer thread; its result resolves ``future`` on the loop."""
-
-    __slots__ = ("fn", "future", "notify", "size")
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Cursor], Any],
-        future: asyncio.Future[Any],
-        *,
-        size: int = 1,
-        notify: bool = False,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.size = size
-        self.notify = notify  # the result is [(user_id, event)] for the listener
 
 
 class SqliteStore(Store):
@@ -100,9 +75,9 @@ class SqliteStore(Store):
         self.sweep_interval = sweep_interval
         self._reader_count = readers
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
-        self._queued = 0  # events queued and not yet resolved (touched on the loop only)
-        self._writer: threading.Thread | None = None
+        self._writer = Writer(
+            self.path, synchronous=synchronous, retention=self.retention, deliver=self._deliver
+        )
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -110,9 +85,6 @@ class SqliteStore(Store):
         self._lock_fd: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
-        # Writer-thread state: kept-event count and oldest ``created`` per user.
-        self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
-        self._last_created = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, retention: Retention | None = None) -> SqliteStore:
@@ -150,16 +122,11 @@ class SqliteStore(Store):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closed = False
         self._lock_fd = await asyncio.to_thread(self._prepare_file)
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._writer = threading.Thread(
-            target=self._write_forever, args=(ready,), name="ssehub-sqlite-writer", daemon=True
-        )
-        self._writer.start()
         try:
-            await asyncio.wrap_future(ready)
+            await self._writer.start()
         except BaseException:
-            await asyncio.to_thread(self._writer.join)
             self._release_lock()
             raise
         self._readers = concurrent.futures.ThreadPoolExecutor(
@@ -175,11 +142,7 @@ class SqliteStore(Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._writer is not None:
-            # Jobs queued before the stop marker are still written and resolved.
-            self._jobs.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+        await self._writer.stop()  # what was submitted is still written and resolved
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
             self._readers = None
@@ -207,187 +170,30 @@ class SqliteStore(Store):
             self._lock_fd = None
 
     async def ping(self) -> None:
-        if self._writer is None or not self._writer.is_alive():
+        if not self._writer.running:
             raise StoreUnavailable("the SQLite store is not running")
         await self._read(lambda cur: cur.execute("SELECT 1").fetchone())
 
     # -- writing ----------------------------------------------------------------------
 
-    def _submit(
-        self, fn: Callable[[sqlite3.Cursor], Any], *, size: int = 1, notify: bool = False
-    ) -> asyncio.Future[Any]:
-        if self._closed or self._loop is None or self._writer is None:
-            raise StoreUnavailable("the SQLite store is not running")
-        if self._queued + size > _MAX_QUEUED_EVENTS:
-            raise StoreUnavailable(f"the SQLite writer is {self._queued} events behind")
-        future = self._loop.create_future()
-        self._queued += size
-        self._jobs.put(_Job(fn, future, size=size, notify=notify))
-        return future
+    def _submit(self, fn: Callable[[sqlite3.Cursor], Any]) -> asyncio.Future[Any]:
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        return self._writer.submit(fn)
 
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
         if not items:
             return []
-        rows = list(items)
-        events: list[StoredEvent] = await self._submit(
-            lambda cur: self._insert(cur, rows), size=len(rows), notify=True
-        )
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        events: list[StoredEvent] = await self._writer.append(list(items))
         return events
 
-    def _write_forever(self, ready: concurrent.futures.Future[None]) -> None:
-        try:
-            conn = self._open_writer()
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        ready.set_result(None)
-        cur = conn.cursor()
-        try:
-            stopping = False
-            while not stopping:
-                first = self._jobs.get()
-                if first is _STOP:
-                    break
-                assert isinstance(first, _Job)
-                batch, size = [first], first.size
-                while size < _MAX_BATCH_EVENTS:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(more, _Job)
-                    batch.append(more)
-                    size += more.size
-                self._write_batch(cur, batch)
-        finally:
-            conn.close()
-
-    def _open_writer(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-                conn.execute("PRAGMA journal_size_limit=67108864")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ConfigurationError(
-                        f"{self.path} was written by a newer ssehub (schema {version})"
-                    )
-                conn.executescript(SCHEMA)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                # One process owns the file: streams recorded as open died with it.
-                conn.execute("UPDATE users SET connections = 0 WHERE connections > 0")
-                row = conn.execute("SELECT created FROM events ORDER BY id DESC LIMIT 1")
-                newest = row.fetchone()
-                self._last_created = newest[0] if newest else 0.0
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
-        return conn
-
-    def _write_batch(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
-        results: list[Any] = []
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                results.append(job.fn(cur))
-            cur.execute("COMMIT")
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            self._counts.clear()  # it may count rows that were rolled back
-            if isinstance(exc, sqlite3.Error):
-                logger.error("SQLite write failed: %s", exc)
-                exc = StoreUnavailable(f"SQLite write failed: {exc}")
-            self._call_on_loop(self._fail, batch, exc)
-            return
-        self._call_on_loop(self._finish, batch, results)
-
-    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    def _finish(self, batch: list[_Job], results: list[Any]) -> None:
+    def _deliver(self, appended: list[tuple[str, StoredEvent]]) -> None:
         listener = self._listener
-        for job, result in zip(batch, results, strict=True):
-            self._queued -= job.size
-            if job.notify:
-                if listener is not None:
-                    for user_id, event in result:
-                        listener.on_event(user_id, event)
-                result = [event for _, event in result]
-            if not job.future.done():
-                job.future.set_result(result)
-
-    def _fail(self, batch: list[_Job], exc: Exception) -> None:
-        for job in batch:
-            self._queued -= job.size
-            if not job.future.done():
-                job.future.set_exception(exc)
-
-    def _insert(
-        self, cur: sqlite3.Cursor, items: list[tuple[str, bytes]]
-    ) -> list[tuple[str, StoredEvent]]:
-        # ``created`` never decreases in id order, so expired rows are a prefix of the table.
-        now = self._last_created = max(time.time(), self._last_created)
-        stored: list[tuple[str, StoredEvent]] = []
-        added: dict[str, int] = {}
-        for user_id, payload in items:
-            cur.execute(
-                "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
-                (user_id, now, payload),
-            )
-            stored.append((user_id, StoredEvent(str(cur.lastrowid), payload)))
-            added[user_id] = added.get(user_id, 0) + 1
-        for user_id, count in added.items():
-            self._trim_user(cur, user_id, count, now)
-        return stored
-
-    def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
-        cached = self._counts.pop(user_id, None)
-        if cached is None:
-            count, oldest = cur.execute(
-                "SELECT count(*), min(created) FROM events WHERE user_id = ?", (user_id,)
-            ).fetchone()
-        else:
-            count, oldest = cached[0] + added, cached[1]
-        excess = count - self.retention.max_events
-        cutoff = now - self.retention.max_age
-        if excess > 0 or oldest < cutoff:
-            dropped, last_dropped = 0, None
-            rows = cur.connection.execute(
-                "SELECT id, created FROM events WHERE user_id = ? ORDER BY id", (user_id,)
-            )
-            for row_id, created in rows:
-                if dropped >= excess and created >= cutoff:
-                    oldest = created
-                    break
-                dropped, last_dropped = dropped + 1, row_id
-            rows.close()
-            if last_dropped is not None:
-                cur.execute(
-                    "DELETE FROM events WHERE user_id = ? AND id <= ?", (user_id, last_dropped)
-                )
-                self._mark_dropped(cur, [(user_id, last_dropped)])
-                count -= dropped
-        self._counts[user_id] = (count, oldest)
-        if len(self._counts) > _COUNT_CACHE:
-            self._counts.popitem(last=False)
-
-    @staticmethod
-    def _mark_dropped(cur: sqlite3.Cursor, marks: list[tuple[str, int]]) -> None:
-        cur.executemany(
-            "INSERT INTO trimmed (user_id, dropped_id) VALUES (?, ?) ON CONFLICT (user_id) "
-            "DO UPDATE SET dropped_id = max(dropped_id, excluded.dropped_id)",
-            marks,
-        )
+        if listener is not None:
+            for user_id, event in appended:
+                listener.on_event(user_id, event)
 
     # -- retention sweep ----------------------------------------------------------------
 
@@ -398,37 +204,10 @@ class SqliteStore(Store):
         """
         total = 0
         while True:
-            dropped: int = await self._submit(self._sweep_chunk)
+            dropped: int = await self._submit(self._writer.sweep_chunk)
             total += dropped
-            if dropped < _SWEEP_CHUNK:
+            if dropped < SWEEP_CHUNK:
                 return total
-
-    def _sweep_chunk(self, cur: sqlite3.Cursor) -> int:
-        cutoff = time.time() - self.retention.max_age
-        newest: dict[str, int] = {}
-        boundary = None
-        rows = cur.connection.execute(
-            "SELECT id, user_id, created FROM events ORDER BY id LIMIT ?", (_SWEEP_CHUNK,)
-        )
-        dropped = 0
-        for row_id, user_id, created in rows:
-            if created >= cutoff:
-                break
-            newest[user_id] = boundary = row_id
-            dropped += 1
-        rows.close()
-        if boundary is not None:
-            cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
-            self._mark_dropped(cur, list(newest.items()))
-            for user_id in newest:
-                self._counts.pop(user_id, None)
-        if dropped < _SWEEP_CHUNK:
-            # Marks of users nobody knows and who have nothing kept, as MemoryStore forgets.
-            cur.execute(
-                "DELETE FROM trimmed WHERE user_id NOT IN (SELECT user_id FROM users) "
-                "AND NOT EXISTS (SELECT 1 FROM events WHERE events.user_id = trimmed.user_id)"
-            )
-        return dropped
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -1,0 +1,325 @@
+"""The SQLite store's writer: one thread, one connection, one transaction per batch.
+
+Jobs are queued from the event loop. The thread takes the first job and everything else
+waiting, runs them in one transaction, commits, and then hands the results back to the
+loop with ``call_soon_threadsafe``: new events go to ``deliver`` (in id order) before the
+futures resolve. Retention runs here too, so the loop never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ssehub.events import StoredEvent
+from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores._sqlite_sql import SCHEMA, SCHEMA_VERSION
+from ssehub.stores.base import Retention
+
+logger = logging.getLogger("ssehub.stores.sqlite")
+
+MAX_BATCH_EVENTS = 10_000  # events written in one transaction
+MAX_QUEUED_EVENTS = 100_000  # beyond this, submitting fails fast with StoreUnavailable
+SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
+_COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
+_STOP = object()
+
+Appended = list[tuple[str, StoredEvent]]
+
+
+class _Job:
+    """Work for the writer thread; its result resolves ``future`` on the loop."""
+
+    __slots__ = ("fn", "future", "notify", "size")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Cursor], Any],
+        future: asyncio.Future[Any],
+        *,
+        size: int,
+        notify: bool,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.size = size
+        self.notify = notify  # the result is an ``Appended`` for ``deliver``
+
+
+class Writer:
+    """Owns the writing connection of one SQLite file and the thread that uses it.
+
+    Args:
+        path: the database file.
+        synchronous: SQLite's ``PRAGMA synchronous``: full, normal or off.
+        retention: how much history to keep per user.
+        deliver: called on the loop with each committed append's events, in id order.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        retention: Retention,
+        deliver: Callable[[Appended], None],
+    ) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.retention = retention
+        self.deliver = deliver
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._queued = 0  # events submitted and not yet resolved (touched on the loop only)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Thread state: kept-event count and oldest ``created`` per user (an LRU).
+        self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._last_created = 0.0
+
+    @property
+    def running(self) -> bool:
+        """The thread is up and takes jobs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    async def start(self) -> None:
+        """Open the file (schema, WAL) on a new thread; raise what opening raised."""
+        self._loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="ssehub-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            raise
+
+    async def stop(self) -> None:
+        """Write and resolve every job already submitted, then end the thread."""
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def submit(
+        self, fn: Callable[[sqlite3.Cursor], Any], *, size: int = 1, notify: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``fn`` to run in the next transaction; the future gets its result.
+
+        Raises:
+            StoreUnavailable: the writer is not running, or too far behind.
+        """
+        if self._loop is None or not self.running:
+            raise StoreUnavailable("the SQLite store is not running")
+        if self._queued + size > MAX_QUEUED_EVENTS:
+            raise StoreUnavailable(f"the SQLite writer is {self._queued} events behind")
+        future = self._loop.create_future()
+        self._queued += size
+        self._jobs.put(_Job(fn, future, size=size, notify=notify))
+        return future
+
+    def append(self, items: list[tuple[str, bytes]]) -> asyncio.Future[list[StoredEvent]]:
+        """Queue an append of ``(user_id, payload)`` pairs; the future gets the events.
+
+        ``deliver`` hears of them first. See `submit`.
+        """
+        return self.submit(lambda cur: self._insert(cur, items), size=len(items), notify=True)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._open()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        cur = conn.cursor()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._jobs.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Job)
+                batch, size = [first], first.size
+                while size < MAX_BATCH_EVENTS:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stopping = True
+                        break
+                    assert isinstance(more, _Job)
+                    batch.append(more)
+                    size += more.size
+                self._write(cur, batch)
+        finally:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                conn.execute("PRAGMA journal_size_limit=67108864")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"{self.path} was written by a newer ssehub (schema {version})"
+                    )
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                # One process owns the file: streams recorded as open died with it.
+                conn.execute("UPDATE users SET connections = 0 WHERE connections > 0")
+                newest = conn.execute("SELECT created FROM events ORDER BY id DESC LIMIT 1")
+                row = newest.fetchone()
+                self._last_created = row[0] if row else 0.0
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
+        return conn
+
+    def _write(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
+        results: list[Any] = []
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                results.append(job.fn(cur))
+            cur.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            self._counts.clear()  # it may count rows that were rolled back
+            if isinstance(exc, sqlite3.Error):
+                logger.error("SQLite write failed: %s", exc)
+                exc = StoreUnavailable(f"SQLite write failed: {exc}")
+            self._call_on_loop(self._fail, batch, exc)
+            return
+        self._call_on_loop(self._finish, batch, results)
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- back on the loop -------------------------------------------------------------------
+
+    def _finish(self, batch: list[_Job], results: list[Any]) -> None:
+        for job, result in zip(batch, results, strict=True):
+            self._queued -= job.size
+            if job.notify:
+                try:
+                    self.deliver(result)
+                except Exception:
+                    logger.exception("the store listener failed")
+                result = [event for _, event in result]
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        for job in batch:
+            self._queued -= job.size
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    # -- jobs (on the thread, inside the batch's transaction) ----------------------------------
+
+    def _insert(self, cur: sqlite3.Cursor, items: list[tuple[str, bytes]]) -> Appended:
+        # ``created`` never decreases in id order, so expired rows are a prefix of the table.
+        now = self._last_created = max(time.time(), self._last_created)
+        stored: Appended = []
+        added: dict[str, int] = {}
+        for user_id, payload in items:
+            cur.execute(
+                "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
+                (user_id, now, payload),
+            )
+            stored.append((user_id, StoredEvent(str(cur.lastrowid), payload)))
+            added[user_id] = added.get(user_id, 0) + 1
+        for user_id, count in added.items():
+            self._trim_user(cur, user_id, count, now)
+        return stored
+
+    def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
+        cached = self._counts.pop(user_id, None)
+        if cached is None:
+            count, oldest = cur.execute(
+                "SELECT count(*), min(created) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        else:
+            count, oldest = cached[0] + added, cached[1]
+        excess = count - self.retention.max_events
+        cutoff = now - self.retention.max_age
+        if excess > 0 or oldest < cutoff:
+            dropped, last_dropped = 0, None
+            rows = cur.connection.execute(
+                "SELECT id, created FROM events WHERE user_id = ? ORDER BY id", (user_id,)
+            )
+            for row_id, created in rows:
+                if dropped >= excess and created >= cutoff:
+                    oldest = created
+                    break
+                dropped, last_dropped = dropped + 1, row_id
+            rows.close()
+            if last_dropped is not None:
+                cur.execute(
+                    "DELETE FROM events WHERE user_id = ? AND id <= ?", (user_id, last_dropped)
+                )
+                self._mark_dropped(cur, [(user_id, last_dropped)])
+                count -= dropped
+        self._counts[user_id] = (count, oldest)
+        if len(self._counts) > _COUNT_CACHE:
+            self._counts.popitem(last=False)
+
+    @staticmethod
+    def _mark_dropped(cur: sqlite3.Cursor, marks: list[tuple[str, int]]) -> None:
+        cur.executemany(
+            "INSERT INTO trimmed (user_id, dropped_id) VALUES (?, ?) ON CONFLICT (user_id) "
+            "DO UPDATE SET dropped_id = max(dropped_id, excluded.dropped_id)",
+            marks,
+        )
+
+    def sweep_chunk(self, cur: sqlite3.Cursor) -> int:
+        """Delete up to `SWEEP_CHUNK` expired events; return how many (a job)."""
+        cutoff = time.time() - self.retention.max_age
+        newest: dict[str, int] = {}
+        boundary = None
+        rows = cur.connection.execute(
+            "SELECT id, user_id, created FROM events ORDER BY id LIMIT ?", (SWEEP_CHUNK,)
+        )
+        dropped = 0
+        for row_id, user_id, created in rows:
+            if created >= cutoff:
+                break
+            newest[user_id] = boundary = row_id
+            dropped += 1
+        rows.close()
+        if boundary is not None:
+            cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
+            self._mark_dropped(cur, list(newest.items()))
+            for user_id in newest:
+                self._counts.pop(user_id, None)
+        if dropped < SWEEP_CHUNK:
+            # Marks of users nobody knows and who have nothing kept, as MemoryStore forgets.
+            cur.execute(
+                "DELETE FROM trimmed WHERE user_id NOT IN (SELECT user_id FROM users) "
+                "AND NOT EXISTS (SELECT 1 FROM events WHERE events.user_id = trimmed.user_id)"
+            )
+        return dropped
