@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ssehub import __version__
 from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
 from ssehub.api.web import add_web_routes
-from ssehub.auth import Authenticator
+from ssehub.auth import create_authenticator
+from ssehub.exceptions import ConfigurationError
 from ssehub.hub import Hub
 from ssehub.settings import Settings
 from ssehub.stores import open_store
@@ -35,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings.from_env()
     settings.validate()
+    auth = create_authenticator(settings)
+    cors_origins = cors_allowed_origins(settings)
     store = open_store(settings.store_url, retention=settings.retention)
     hub = Hub(
         store,
@@ -42,7 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits=settings.limits,
         retry_ms=settings.retry_ms,
     )
-    auth = Authenticator(publish_keys=settings.publish_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,8 +56,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="ssehub", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.hub = hub
     app.state.settings = settings
+    app.state.auth = auth
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_credentials=settings.cors_credentials,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key"],
+        )
     router = create_router(hub, auth=auth, demo_step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
     app.include_router(router)
     return app
+
+
+def cors_allowed_origins(settings: Settings) -> list[str]:
+    """The origins browsers may call the hub from.
+
+    As configured; when nothing is configured, any origin in ``open`` mode (which is
+    open anyway, as the sample was) and none in ``jwt`` mode.
+
+    Raises:
+        ConfigurationError: credentials allowed for any origin (``*``), which would let
+            every web site act with a visitor's cookies.
+    """
+    origins = list(settings.cors_origin)
+    if settings.cors_credentials and "*" in origins:
+        raise ConfigurationError("--cors-credentials cannot be used with --cors-origin '*'")
+    if not origins and settings.auth == "open" and not settings.cors_credentials:
+        origins = ["*"]
+    return origins

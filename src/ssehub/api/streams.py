@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from ssehub.api._errors import json_response
-from ssehub.auth import Authenticator
+from ssehub.auth import Authenticator, Grant
 from ssehub.connection import Connection
 from ssehub.events import is_event_id
-from ssehub.exceptions import InvalidInput
+from ssehub.exceptions import AuthenticationFailed, InvalidInput, PermissionDenied
 from ssehub.hub import Hub
 from ssehub.limits import check_user_id
 
@@ -137,8 +137,51 @@ def check_last_event_id(header: str | None, query: str | None) -> str | None:
     return value
 
 
-def add_stream_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
-    """Add the connect and disconnect routes."""
+Identify = Callable[..., str | None] | Callable[..., Awaitable[str | None]]
+
+
+def subscriber_dependency(
+    hub: Hub, auth: Authenticator, identify: Identify | None = None
+) -> Callable[..., Awaitable[Grant]]:
+    """A dependency that allows a stream of the path's user, or raises.
+
+    With ``identify`` (the host application's own dependency that returns the signed-in
+    user's id, or None) it decides instead of the authenticator's tokens.
+
+    Raises:
+        InvalidInput: a bad user id.
+        AuthenticationFailed: nobody is signed in (401).
+        PermissionDenied: someone else is (403).
+    """
+    if identify is None:
+
+        async def by_token(request: Request, user_id: UserIdPath) -> Grant:
+            check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+            return auth.subscriber(user_id, request.headers, request.query_params)
+
+        return by_token
+
+    # Depends() as a default, not in Annotated: with postponed annotations FastAPI
+    # resolves names in the module's globals, and these dependencies are local.
+    async def by_host_app(
+        user_id: UserIdPath,
+        identity: str | None = Depends(identify),
+    ) -> Grant:
+        check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+        if not identity:
+            raise AuthenticationFailed("sign in to open a stream")
+        if identity != user_id:
+            raise PermissionDenied("this stream belongs to another user")
+        return Grant(user_id=identity)
+
+    return by_host_app
+
+
+def add_stream_routes(
+    router: APIRouter, hub: Hub, auth: Authenticator, *, identify: Identify | None = None
+) -> None:
+    """Add the connect and disconnect routes (``identify``: see `subscriber_dependency`)."""
+    subscriber = subscriber_dependency(hub, auth, identify)
 
     @router.get(
         "/sse/connect/{user_id}",
@@ -157,8 +200,8 @@ def add_stream_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
         tags=["streams"],
     )  # fmt: skip
     async def connect(
-        request: Request,
         user_id: UserIdPath,
+        grant: Grant = Depends(subscriber),  # noqa: B008
         last_event_id_header: Annotated[
             str | None, Header(alias="Last-Event-ID", description="resume after this id")
         ] = None,
@@ -169,8 +212,6 @@ def add_stream_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
             str | None, Query(description="token, where headers cannot be set")
         ] = None,
     ) -> Response:
-        check_user_id(user_id, max_length=hub.limits.max_user_id_length)
-        grant = auth.subscriber(user_id, request.headers, request.query_params)
         resume = check_last_event_id(last_event_id_header, last_event_id)
         remaining = grant.remaining()
         expires_at = None if remaining is None else time.monotonic() + remaining
