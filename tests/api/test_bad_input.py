@@ -14,7 +14,9 @@ LONG = "u" * 257
 
 @pytest.fixture(scope="module")
 def server_url(start_module_server: ServerFactory) -> str:
-    return start_module_server(env={"SSEHUB_MAX_PAYLOAD_BYTES": "1024", "SSEHUB_MAX_BATCH": "10"}).url
+    return start_module_server(
+        env={"SSEHUB_MAX_PAYLOAD_BYTES": "1024", "SSEHUB_MAX_BATCH": "10"}
+    ).url
 
 
 @pytest.mark.parametrize(

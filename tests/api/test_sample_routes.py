@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
@@ -41,7 +42,7 @@ async def test_connect_greets_then_keeps_alive_on_schedule_without_ids(
                 "",
             )
             stamps.append(time.monotonic())
-        gaps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
         assert all(0.15 < gap < 0.6 for gap in gaps), gaps
 
 
@@ -94,7 +95,7 @@ async def test_the_object_countdown_takes_a_second_a_step_then_sends_the_object(
             "IsActive": True,
         }
         assert texts[5] == '{"Name":"Victor","Age":30,"Country":"Spain","IsActive":true}'
-        gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
         assert all(0.8 < gap < 1.4 for gap in gaps), gaps
         answer = await task
         assert answer.status_code == 200

@@ -177,7 +177,9 @@ async def test_hundreds_of_abrupt_drops_leave_nothing_behind(start_server: Serve
             while (await client.get(f"{server.url}/healthz")).json()["streams"] < 300:
                 await asyncio.sleep(0.05)
         for sock in sockets:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             sock.close()
         async with asyncio.timeout(10):
             while (await client.get(f"{server.url}/healthz")).json()["streams"] > 0:

@@ -1,0 +1,127 @@
+"""The hub in-process, with a memory store and sinks that record what they are given."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ssehub import Hub, LimitExceeded, Limits, MemoryStore, Message, UserState
+from ssehub.events import KEEPALIVE_FRAME
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingSink:
+    def __init__(self, accept: int = 10**9) -> None:
+        self.frames: list[bytes] = []
+        self.closed = False
+        self.final: bytes | None = None
+        self._accept = accept
+
+    def write(self, data: bytes) -> bool:
+        if len(self.frames) >= self._accept:
+            return False
+        self.frames.append(data)
+        return True
+
+    def close(self, final: bytes | None = None) -> None:
+        self.closed = True
+        self.final = final
+
+    def datas(self) -> list[bytes]:
+        return [f for f in self.frames if f.startswith(b"id: ")]
+
+
+async def test_a_plain_script_can_send_and_read_status_without_any_server() -> None:
+    hub = Hub(MemoryStore())
+    async with hub.running():
+        first = await hub.send("u1", "hello")
+        ids = await hub.send_many([Message("u1", {"n": 1}), Message("u2", [1], "list")])
+        status = await hub.status("u1")
+    assert first < ids[0]  # increasing per user; u2 has ids of its own
+    assert status.status is UserState.UNKNOWN
+    assert status.pending == 2
+
+
+async def test_live_messages_arriving_during_replay_are_sent_once_after_it() -> None:
+    store = MemoryStore()
+    hub = Hub(store)
+    async with hub.running():
+        old = [await hub.send("u", f"old{i}") for i in range(3)]
+        sink = RecordingSink()
+        original_read = store.read_after
+
+        async def read_then_publish(*args: object, **kwargs: object) -> object:
+            result = await original_read(*args, **kwargs)  # type: ignore[arg-type]
+            await hub.send("u", "during")
+            return result
+
+        store.read_after = read_then_publish  # type: ignore[method-assign]
+        connection = await hub.open("u", sink, last_event_id=old[0])
+        store.read_after = original_read  # type: ignore[method-assign]
+        await hub.send("u", "after")
+        hub.release(connection)
+    bodies = [f.split(b"\n")[1] for f in sink.datas()]
+    assert bodies == [b"data: old1", b"data: old2", b"data: during", b"data: after"]
+
+
+async def test_a_sink_that_refuses_a_frame_is_closed_and_counted() -> None:
+    hub = Hub(MemoryStore())
+    async with hub.running():
+        sink = RecordingSink(accept=3)
+        await hub.open("s", sink)
+        await hub.send("s", "one")
+        await hub.send("s", "two")
+        assert sink.closed
+        assert hub.stats.dropped_slow == 1
+
+
+async def test_streams_per_user_are_limited() -> None:
+    hub = Hub(MemoryStore(), limits=Limits(max_connections_per_user=2))
+    async with hub.running():
+        await hub.open("l", RecordingSink())
+        await hub.open("l", RecordingSink())
+        with pytest.raises(LimitExceeded):
+            await hub.open("l", RecordingSink())
+        await hub.open("other", RecordingSink())
+        assert hub.open_streams == 3
+
+
+async def test_closing_the_hub_ends_every_stream_with_a_retry_hint() -> None:
+    hub = Hub(MemoryStore(), retry_ms=1234)
+    sinks = [RecordingSink() for _ in range(3)]
+    async with hub.running():
+        for index, sink in enumerate(sinks):
+            await hub.open(f"c{index}", sink)
+    assert all(s.closed and s.final == b"retry: 1234\n\n" for s in sinks)
+
+
+async def test_one_timer_sends_keepalives_and_ends_expired_streams() -> None:
+    hub = Hub(MemoryStore(), keepalive=0.05)
+    async with hub.running():
+        lasting, expiring = RecordingSink(), RecordingSink()
+        await hub.open("k", lasting)
+        await hub.open("e", expiring, expires_at=time.monotonic() + 0.01)
+        await asyncio.sleep(0.3)
+        assert lasting.frames.count(KEEPALIVE_FRAME) >= 3
+        assert expiring.closed
+        assert expiring.final is not None
+        assert b"event: expired" in expiring.final
+        assert not lasting.closed
+
+
+async def test_broadcast_reaches_every_connected_user_with_their_own_ids() -> None:
+    hub = Hub(MemoryStore())
+    async with hub.running():
+        sinks = {u: RecordingSink() for u in ("a", "b", "c")}
+        for user, sink in sinks.items():
+            await hub.open(user, sink)
+        await hub.broadcast({"all": True}, event="notice")
+        async with asyncio.timeout(2):
+            while not all(s.datas() for s in sinks.values()):
+                await asyncio.sleep(0.01)
+    for sink in sinks.values():
+        (frame,) = sink.datas()
+        assert frame.endswith(b'event: notice\ndata: {"all":true}\n\n')

@@ -1,0 +1,80 @@
+"""ssehub mounted in another FastAPI app, exactly as the README shows, under real uvicorn."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port
+from tests.sse import Stream
+
+pytestmark = pytest.mark.anyio
+
+
+def readme_library_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use it as a library", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "README lost its library example"
+    return match.group(1)
+
+
+@pytest.fixture
+def host_app_url(tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "hostapp.py").write_text(readme_library_example())
+    port = free_port()
+    log = (tmp_path / "uvicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "hostapp:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "uvicorn.log").read_text()
+            try:
+                httpx.get(url + "/openapi.json", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(5)
+        log.close()
+
+
+async def test_a_host_app_route_sends_through_the_injected_messenger(host_app_url: str) -> None:
+    async with Stream(host_app_url, "olga") as olga, httpx.AsyncClient() as client:
+        assert (await olga.next_message()) is not None
+        answer = await client.post(f"{host_app_url}/reports/olga")
+        assert answer.status_code == 200
+        message = await olga.next_message()
+    assert message is not None
+    assert message.event == "report"
+    assert message.data == '{"report":"ready"}'
+    assert message.id == answer.json()["event_id"]
+
+
+async def test_the_mounted_router_serves_the_whole_contract(host_app_url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        sent = await client.post(f"{host_app_url}/sse/users/pia/messages", json={"data": "x"})
+        assert sent.status_code == 202
+        status = await client.get(f"{host_app_url}/sse/users/pia")
+        assert status.json()["pending"] == 1
+        bad = await client.get(f"{host_app_url}/sse/connect/{'p' * 300}")
+        assert bad.status_code == 400
+        assert "detail" in bad.json()
+        async with Stream(host_app_url, "pia") as pia:
+            got = await pia.messages(2)
+        assert got[1].data == "x"
