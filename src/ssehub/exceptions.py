@@ -5,7 +5,8 @@ SsehubError
 ├── ConfigurationError        bad settings, raised at start-up
 ├── InvalidInput (ValueError) a user id, event name, id or payload ssehub refuses
 │   └── PayloadTooLarge
-├── LimitExceeded             a connection or rate limit was reached
+├── LimitExceeded             a connection or rate limit was reached (HTTP 429)
+│   └── ServerFull            this process holds all the streams it may (HTTP 503)
 ├── AuthenticationFailed      no credentials, or bad ones (HTTP 401)
 ├── PermissionDenied          good credentials that do not allow this (HTTP 403)
 └── StoreUnavailable (ConnectionError)  the store cannot be reached right now
@@ -33,6 +34,10 @@ class PayloadTooLarge(InvalidInput):
 
 class LimitExceeded(SsehubError):
     """A configured limit (connections per user, in total) was reached."""
+
+
+class ServerFull(LimitExceeded):
+    """The process holds as many streams as it may; another node may have room."""
 
 
 class AuthenticationFailed(SsehubError):

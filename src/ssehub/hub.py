@@ -20,8 +20,8 @@ import orjson
 
 from ssehub import events
 from ssehub.connection import Connection, FrameSink
-from ssehub.exceptions import LimitExceeded, PayloadTooLarge, StoreUnavailable
-from ssehub.limits import Limits, check_user_id
+from ssehub.exceptions import LimitExceeded, ServerFull, StoreUnavailable
+from ssehub.limits import Limits, check_payload, check_user_id
 from ssehub.messenger import Message, UserStatus
 from ssehub.stores.base import Store, UserRecord
 
@@ -184,9 +184,7 @@ class Hub:
 
     def _encode(self, data: object, event: str | None) -> bytes:
         payload = events.encode_payload(data, event=event)
-        if len(payload) > self.limits.max_payload_bytes + 64:
-            raise PayloadTooLarge(f"message is larger than {self.limits.max_payload_bytes} bytes")
-        return payload
+        return check_payload(payload, max_bytes=self.limits.max_payload_bytes)
 
     # -- StoreListener ----------------------------------------------------------------
 
@@ -254,7 +252,8 @@ class Hub:
         when a token expires.
 
         Raises:
-            LimitExceeded: too many streams in total or for this user.
+            LimitExceeded: too many streams for this user.
+            ServerFull: too many streams on this node (a `LimitExceeded`).
             StoreUnavailable: the store cannot be read; nothing was written.
         """
         if self._closing:
@@ -262,7 +261,7 @@ class Hub:
         streams = self._streams.get(user_id)
         if self._open_count >= self.limits.max_connections:
             self.stats.refused += 1
-            raise LimitExceeded("too many open streams on this server")
+            raise ServerFull("too many open streams on this server")
         if streams is not None and len(streams) >= self.limits.max_connections_per_user:
             self.stats.refused += 1
             raise LimitExceeded("too many open streams for this user")

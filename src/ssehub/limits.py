@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ssehub.exceptions import InvalidInput
+from ssehub.exceptions import InvalidInput, PayloadTooLarge
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,3 +47,22 @@ def check_user_id(user_id: str, *, max_length: int = 256) -> str:
         if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000:
             raise InvalidInput("user id must not contain control characters")
     return user_id
+
+
+def check_payload(payload: bytes, *, max_bytes: int) -> bytes:
+    """Return an encoded payload (see `events.encode_payload`) if its data fits.
+
+    The size counted is the message's data as UTF-8 text, one line break between
+    lines: the ``event:`` line and each line's ``data: `` prefix are not counted.
+
+    Raises:
+        PayloadTooLarge: the data is larger than ``max_bytes``.
+    """
+    if len(payload) <= max_bytes:
+        return payload  # the framing only adds bytes: nothing to count
+    head = payload.index(b"\n") + 1 if payload.startswith(b"event:") else 0
+    lines = payload.count(b"\n") - (1 if head else 0)
+    size = len(payload) - head - 6 * lines - 1
+    if size > max_bytes:
+        raise PayloadTooLarge(f"message is larger than {max_bytes} bytes")
+    return payload

@@ -16,6 +16,7 @@ from ssehub.exceptions import (
     LimitExceeded,
     PayloadTooLarge,
     PermissionDenied,
+    ServerFull,
     SsehubError,
     StoreUnavailable,
 )
@@ -40,6 +41,9 @@ def error_response(exc: SsehubError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, PermissionDenied):
         status = 403
+    elif isinstance(exc, ServerFull):
+        status = 503
+        headers = {"Retry-After": "1"}
     elif isinstance(exc, LimitExceeded):
         status = 429
         headers = {"Retry-After": "1"}

@@ -12,7 +12,7 @@ from ssehub.auth import Authenticator
 from ssehub.events import encode_payload
 from ssehub.exceptions import InvalidInput, PayloadTooLarge
 from ssehub.hub import Hub
-from ssehub.limits import check_user_id
+from ssehub.limits import check_payload, check_user_id
 from ssehub.stores.base import UserState
 
 _DATA_SCHEMA: dict[str, Any] = {
@@ -87,10 +87,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
     limits = hub.limits
 
     def encode(data: Any, event: str | None) -> bytes:
-        payload = encode_payload(data, event=event)
-        if len(payload) > limits.max_payload_bytes + 64:
-            raise PayloadTooLarge(f"message is larger than {limits.max_payload_bytes} bytes")
-        return payload
+        return check_payload(encode_payload(data, event=event), max_bytes=limits.max_payload_bytes)
 
     @router.post(
         "/sse/users/{user_id}/messages",
