@@ -174,7 +174,7 @@ async def test_the_sweep_runs_on_its_own(open_sqlite: Opener) -> None:
     await store.append("alice", b"data: a\n")
     async with asyncio.timeout(5):
         # A background sweep signals nothing: poll its effect, bounded above.
-        while (await store.get_user("alice")).pending:  # noqa: ASYNC110
+        while (await store.get_user("alice")).pending:
             await asyncio.sleep(0.05)
 
 
@@ -202,3 +202,15 @@ async def test_many_tasks_appending_at_once_are_written_in_few_transactions(
     store = await open_sqlite()
     stored = await asyncio.gather(*(store.append(f"u{n}", b"data: x\n") for n in range(300)))
     assert [event.id for event in stored] == [str(n) for n in range(1, 301)]
+
+
+async def test_a_smaller_retention_after_a_reopen_trims_on_the_next_append(
+    open_sqlite: Opener,
+) -> None:
+    first = await open_sqlite(retention=Retention(max_events=5))
+    old = await first.append_many([("alice", f"data: {i}\n".encode()) for i in range(5)])
+    await first.close()
+    second = await open_sqlite(retention=Retention(max_events=2))
+    new = await second.append("alice", b"data: new\n")
+    kept = await second.read_after("alice", old[0].id, limit=10)
+    assert kept == ReadResult([old[-1], new], reset=True)

@@ -260,8 +260,12 @@ class Writer:
     def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
         cached = self._counts.pop(user_id, None)
         if cached is None:
-            count, oldest = cur.execute(
-                "SELECT count(*), min(created) FROM events WHERE user_id = ?", (user_id,)
+            # count(*) reads only the index; the first row by id is the oldest one.
+            (count,) = cur.execute(
+                "SELECT count(*) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            (oldest,) = cur.execute(
+                "SELECT created FROM events WHERE user_id = ? ORDER BY id LIMIT 1", (user_id,)
             ).fetchone()
         else:
             count, oldest = cached[0] + added, cached[1]
@@ -316,10 +320,11 @@ class Writer:
             self._mark_dropped(cur, list(newest.items()))
             for user_id in newest:
                 self._counts.pop(user_id, None)
-        if dropped < SWEEP_CHUNK:
-            # Marks of users nobody knows and who have nothing kept, as MemoryStore forgets.
-            cur.execute(
-                "DELETE FROM trimmed WHERE user_id NOT IN (SELECT user_id FROM users) "
-                "AND NOT EXISTS (SELECT 1 FROM events WHERE events.user_id = trimmed.user_id)"
+            # Forget users nobody knows who have nothing kept any more, as MemoryStore does.
+            cur.executemany(
+                "DELETE FROM trimmed WHERE user_id = ?1 "
+                "AND NOT EXISTS (SELECT 1 FROM users WHERE user_id = ?1) "
+                "AND NOT EXISTS (SELECT 1 FROM events WHERE user_id = ?1)",
+                [(user_id,) for user_id in newest],
             )
         return dropped
