@@ -1,0 +1,135 @@
+"""What the Redis store does beyond the shared contract: reconnection, presence expiry,
+configuration. Each test runs on a Redis server of its own, which it may disrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ssehub.events import event_key
+from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores import open_store
+from ssehub.stores.base import UserState
+from ssehub.stores.redis import RedisStore
+from tests.redis_server import RedisServer, store_url
+from tests.stores.conftest import RecordingListener
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def stores(own_redis: RedisServer) -> AsyncIterator[list[RedisStore]]:
+    """Stores to start in a test; closed afterwards."""
+    opened: list[RedisStore] = []
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+async def started(
+    stores: list[RedisStore], url: str, listener: RecordingListener | None = None
+) -> RedisStore:
+    store = RedisStore.from_url(url)
+    store.bind(listener or RecordingListener())
+    await store.start()
+    stores.append(store)
+    return store
+
+
+async def test_events_published_while_the_subscriber_reconnects_arrive_in_order(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    url = store_url("gap", base=own_redis.url)
+    listener = RecordingListener()
+    watcher = await started(stores, url, listener)
+    sender = await started(stores, url)
+    await watcher.watch("uma")
+    first = await sender.append("uma", b"data: 0\n")
+    await listener.wait_until(lambda: len(listener.ids_of("uma")) == 1)
+
+    with redis.Redis.from_url(own_redis.url) as admin:
+        assert admin.client_kill_filter(_type="pubsub") >= 1
+    # Sent before the watcher has subscribed again: only the gap fill can bring them.
+    gap = [e.id for e in await sender.append_many([("uma", b"data: %d\n" % i) for i in (1, 2)])]
+    await listener.wait_until(lambda: len(listener.ids_of("uma")) == 3)
+    live = await sender.append("uma", b"data: 3\n")
+    await listener.wait_until(lambda: len(listener.ids_of("uma")) == 4)
+    assert listener.ids_of("uma") == [first.id, *gap, live.id]
+    assert [event_key(i) for i in listener.ids_of("uma")] == sorted(
+        event_key(i) for i in listener.ids_of("uma")
+    )
+
+
+async def test_a_store_fails_fast_while_redis_is_down_and_recovers_when_it_returns(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    listener = RecordingListener()
+    store = await started(
+        stores, store_url("down", base=own_redis.url, reconnect_max=0.1), listener
+    )
+    await store.watch("vic")
+    own_redis.stop()
+    async with asyncio.timeout(3):
+        with pytest.raises(StoreUnavailable):
+            await store.append("vic", b"data: lost\n")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.watch("wes")
+    own_redis.start()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+    event = await store.append("vic", b"data: back\n")
+    await listener.wait_until(lambda: listener.ids_of("vic") == [event.id])
+
+
+async def test_a_nodes_presence_expires_without_refresh_and_heals_on_the_next_one(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    url = store_url("ttl", base=own_redis.url, presence_ttl=0.3)
+    node = await started(stores, url)
+    other = await started(stores, url)
+    await node.set_presence("xia", connections=2)
+    assert (await other.get_user("xia")).connections == 2
+    async with asyncio.timeout(5):
+        while (await other.get_user("xia")).state is not UserState.DISCONNECTED:
+            await asyncio.sleep(0.05)
+    await node.refresh_presence(["xia"])
+    assert (await other.get_user("xia")).connections == 2
+    with redis.Redis.from_url(own_redis.url) as admin:
+        admin.flushall()  # Redis lost its data: the next refresh writes presence again
+    await node.refresh_presence(["xia"])
+    record = await other.get_user("xia")
+    assert (record.known, record.connections) == (True, 2)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["prefix=", "prefix=a%20b", "presence_ttl=soon", "reconnect_max=0", "ping_interval=-1"],
+)
+def test_a_bad_redis_option_is_a_configuration_error(query: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(f"redis://127.0.0.1:6379/0?{query}")
+
+
+def test_a_redis_url_builds_a_shared_store_with_its_prefix() -> None:
+    store = open_store("redis://127.0.0.1:6379/0?prefix=app1&socket_timeout=1")
+    assert isinstance(store, RedisStore)
+    assert store.shared
