@@ -18,9 +18,9 @@ from tests.sse import Stream
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
-def unique_store(**options: object) -> str:
+def unique_store() -> str:
     """The shared Redis under a prefix no other test uses."""
-    return store_url(f"t-{uuid.uuid4().hex[:12]}", **options)
+    return store_url(f"t-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="module", params=["fast", "portable"])
