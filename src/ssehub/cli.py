@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ssehub import __version__
+from ssehub._clitools import add_client_commands
 from ssehub.exceptions import SsehubError
 from ssehub.settings import ENV_PREFIX, Settings
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the hub", description="Run the hub server until SIGTERM or Ctrl-C."
     )
     _add_settings_arguments(serve)
+    add_client_commands(commands)
     return parser
 
 
@@ -58,6 +60,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return _run_client_command(args)
     try:
         if args.command == "serve":
             from ssehub.server import serve
@@ -69,6 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    try:
+        return int(args.run(args))
+    except SsehubError as exc:
+        print(f"ssehub {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

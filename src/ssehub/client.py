@@ -72,6 +72,10 @@ class Event:
         return orjson.loads(self.data)
 
 
+def _unreachable(url: str, exc: httpx.HTTPError) -> HubUnreachable:
+    return HubUnreachable(f"cannot reach the hub at {url} ({exc or type(exc).__name__})")
+
+
 def _error_for(response: httpx.Response) -> SsehubError:
     try:
         detail = str(orjson.loads(response.content)["detail"])
@@ -109,6 +113,13 @@ class EventStream:
     resumes; ``connected`` tells whether a stream is open right now; ``retry`` is the
     server's last ``retry:`` hint in seconds; ``reconnects`` counts reconnections.
 
+    Options (keyword arguments of `HubClient.events`): ``last_event_id`` to resume
+    after; ``keepalives`` and ``greetings`` to yield those too; ``stop_on_disconnect``
+    (end when the hub disconnects the user); ``backoff`` (first delay, seconds, when the
+    server sent no ``retry:``) and ``max_backoff``; ``max_attempts`` (failures in a row
+    before giving up; None retries for ever); ``on_state(state, detail)``, called with
+    ``"connected"`` and ``"reconnecting"``.
+
     Raises (from iteration):
         AuthenticationFailed, PermissionDenied, InvalidInput: the hub refuses the stream
             for good (a bad token, user id or resume id); never retried.
@@ -127,6 +138,7 @@ class EventStream:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         max_attempts: int | None = None,
+        on_state: Callable[[str, str], None] | None = None,
     ) -> None:
         self.user_id = user_id
         self.last_event_id = last_event_id
@@ -139,6 +151,7 @@ class EventStream:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._max_attempts = max_attempts
+        self._on_state = on_state or (lambda state, detail: None)
         self.retry: float | None = None
         self._iterator: AsyncGenerator[Event, None] | None = None
 
@@ -189,9 +202,14 @@ class EventStream:
                 if self._max_attempts is not None and failures >= self._max_attempts:
                     raise
                 logger.info("stream of %r: %s; retrying", self.user_id, exc)
+                reason = str(exc)
+            else:
+                reason = "the hub ended the stream"
             self.connected = False
             self.reconnects += 1
-            await asyncio.sleep(self._delay(max(failures, 1)))
+            delay = self._delay(max(failures, 1))
+            self._on_state("reconnecting", f"{reason}; reconnecting in {delay:.1f} s")
+            await asyncio.sleep(delay)
 
     async def _connect_once(self) -> AsyncIterator[Event]:
         headers = {"accept": "text/event-stream", **self._client.auth_headers()}
@@ -206,6 +224,8 @@ class EventStream:
                     await response.aread()
                     raise _error_for(response)
                 self.connected = True
+                resume = self.last_event_id
+                self._on_state("connected", f"resuming after {resume}" if resume else "")
                 previous_id = ""
                 greeted = False
                 async for sse in EventSource(response).aiter_sse():
@@ -230,7 +250,7 @@ class EventStream:
                         continue  # a frame holding only retry:
                     yield Event(name, sse.data, own_id)
         except httpx.HTTPError as exc:
-            raise HubUnreachable(f"{self._client.url}: {exc or type(exc).__name__}") from exc
+            raise _unreachable(self._client.url, exc) from exc
         finally:
             self.connected = False
 
@@ -305,7 +325,7 @@ class HubClient:
                 method, path, content=content, headers=headers, params=params
             )
         except httpx.HTTPError as exc:
-            raise HubUnreachable(f"{self.url}: {exc or type(exc).__name__}") from exc
+            raise _unreachable(self.url, exc) from exc
         _raise_for(response)
         return orjson.loads(response.content) if response.content else None
 
@@ -340,6 +360,11 @@ class HubClient:
             after = page.get("next")
             if not after:
                 return found
+
+    async def alive(self) -> dict[str, Any]:
+        """The hub's ``/healthz`` answer: it raises `HubUnreachable` if the hub is down."""
+        answer: dict[str, Any] = await self._request("GET", "/healthz")
+        return answer
 
     async def health(self) -> dict[str, Any]:
         """The hub's ``/readyz`` answer (raises `StoreUnavailable` when degraded)."""

@@ -148,6 +148,27 @@ class Settings:
         return f"{self.store}{separator}synchronous={self.sqlite_synchronous}"
 
 
+CLIENT_ENV: Mapping[str, str] = {
+    "url": "SSEHUB_URL",
+    "token": "SSEHUB_TOKEN",
+    "publish_key": "SSEHUB_PUBLISH_KEY",
+}
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def client_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Defaults of the client commands (``listen``, ``send``...): the hub's URL
+    (``SSEHUB_URL``), a token (``SSEHUB_TOKEN``) and a publish key (the first of
+    ``SSEHUB_PUBLISH_KEY``)."""
+    env = os.environ if environ is None else environ
+    keys = [k.strip() for k in env.get(CLIENT_ENV["publish_key"], "").split(",") if k.strip()]
+    return {
+        "url": env.get(CLIENT_ENV["url"]) or DEFAULT_URL,
+        "token": env.get(CLIENT_ENV["token"]) or None,
+        "publish_key": keys[0] if keys else None,
+    }
+
+
 def parse_value(field: dataclasses.Field[Any], raw: str) -> Any:
     """Parse one setting from its text form.
 
