@@ -214,3 +214,15 @@ async def test_a_smaller_retention_after_a_reopen_trims_on_the_next_append(
     new = await second.append("alice", b"data: new\n")
     kept = await second.read_after("alice", old[0].id, limit=10)
     assert kept == ReadResult([old[-1], new], reset=True)
+
+
+async def test_a_failed_write_fails_its_batch_as_unavailable_and_the_writer_goes_on(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite()
+    writer = store._writer  # a failing statement stands in for a full or broken disk
+    broken = writer.submit(lambda cur: cur.execute("INSERT INTO no_such_table VALUES (1)"))
+    with pytest.raises(StoreUnavailable, match="SQLite write failed"):
+        await broken
+    event = await store.append("alice", b"data: still fine\n")
+    assert (await store.read_after("alice", None, limit=10)).events == [event]
