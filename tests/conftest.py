@@ -140,6 +140,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     streams written straight to the socket) and ``[portable]`` (``--portable``, the ASGI
     route). Other modules run once, on the fast path.
     """
+    chosen = metafunc.definition.iter_markers("parametrize")
+    if any("stream_mode" in marker.args[0] for marker in chosen):
+        return  # the test picks its own mode
     if "stream_mode" in metafunc.fixturenames:
         modes = STREAM_MODES if _reads_streams(metafunc.module) else STREAM_MODES[:1]
         metafunc.parametrize("stream_mode", modes, indirect=True)
