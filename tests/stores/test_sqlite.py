@@ -226,3 +226,13 @@ async def test_a_failed_write_fails_its_batch_as_unavailable_and_the_writer_goes
         await broken
     event = await store.append("alice", b"data: still fine\n")
     assert (await store.read_after("alice", None, limit=10)).events == [event]
+
+
+async def test_a_failed_read_answers_unavailable_and_the_readers_go_on(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite(readers=1)
+    event = await store.append("alice", b"data: hi\n")
+    with pytest.raises(StoreUnavailable, match="SQLite read failed"):
+        await store._read(lambda cur: cur.execute("SELECT * FROM no_such_table"))
+    assert (await store.read_after("alice", None, limit=10)).events == [event]

@@ -225,8 +225,8 @@ class SqliteStore(Store):
         return await self._loop.run_in_executor(self._readers, self._run_read, fn)
 
     def _run_read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        cur: sqlite3.Cursor | None = getattr(self._reader_local, "cursor", None)
         try:
-            cur: sqlite3.Cursor | None = getattr(self._reader_local, "cursor", None)
             if cur is None:
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, timeout=10.0, check_same_thread=False
@@ -241,6 +241,9 @@ class SqliteStore(Store):
             finally:
                 cur.execute("COMMIT")
         except sqlite3.Error as exc:
+            if cur is not None and cur.connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # leave the connection reusable
+                    cur.execute("ROLLBACK")
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
