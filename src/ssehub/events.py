@@ -75,7 +75,8 @@ def check_event_name(event: str | None) -> None:
     """Refuse an event name that could break the framing.
 
     Raises:
-        InvalidInput: the name is empty, too long or holds a line break or NUL.
+        InvalidInput: the name is empty, too long or holds a line break, NUL or a
+            lone surrogate (which UTF-8 cannot carry).
     """
     if event is None:
         return
@@ -83,6 +84,8 @@ def check_event_name(event: str | None) -> None:
         raise InvalidInput(f"event name must be 1 to {_MAX_EVENT_NAME} characters")
     if any(ch in event for ch in "\r\n\x00"):
         raise InvalidInput("event name must not contain CR, LF or NUL")
+    if not event.isascii() and any("\ud800" <= ch <= "\udfff" for ch in event):
+        raise InvalidInput("event name must not contain surrogates")
 
 
 def encode_payload(data: object, *, event: str | None = None, is_json: bool = False) -> bytes:
