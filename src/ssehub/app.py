@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ssehub import __version__
 from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
+from ssehub.api.metrics import add_metrics_route
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
 from ssehub.exceptions import ConfigurationError
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     router = create_router(hub, auth=auth, demo_step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
+    add_metrics_route(router, hub)
     app.include_router(router)
     return app
 

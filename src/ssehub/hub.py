@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ssehub import events
+from ssehub._latency import LatencyHistogram
 from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, ServerFull, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
@@ -41,6 +42,8 @@ class HubStats:
     connects: int = 0
     disconnects: int = 0
     refused: int = 0
+    queued_offline: int = 0
+    store_latency: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
 
 
 class Hub:
@@ -147,8 +150,12 @@ class Hub:
         """Append already-encoded payloads (see `events.encode_payload`)."""
         if not items:
             return []
+        started = time.perf_counter()
         stored = await self.store.append_many(items)
+        self.stats.store_latency.observe(time.perf_counter() - started)
         self.stats.accepted += len(stored)
+        streams = self._streams
+        self.stats.queued_offline += sum(1 for user_id, _ in items if user_id not in streams)
         return [event.id for event in stored]
 
     async def broadcast(self, data: object, *, event: str | None = None) -> None:
