@@ -133,3 +133,17 @@ def test_a_redis_url_builds_a_shared_store_with_its_prefix() -> None:
     store = open_store("redis://127.0.0.1:6379/0?prefix=app1&socket_timeout=1")
     assert isinstance(store, RedisStore)
     assert store.shared
+
+
+async def test_listing_connected_users_finds_them_past_a_thousand_disconnected_ones(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    store = await started(stores, store_url("many", base=own_redis.url))
+    with redis.Redis.from_url(own_redis.url) as admin:
+        admin.zadd("many:users", {f"a{i:05}": 0 for i in range(2500)})
+    await store.set_presence("b-late", connections=1)
+    await store.set_presence("a00007", connections=1)
+    connected = await store.list_users(state=UserState.CONNECTED)
+    assert [r.user_id for r in connected] == ["a00007", "b-late"]
+    page = await store.list_users(after="a01998", limit=3)
+    assert [r.user_id for r in page] == ["a01999", "a02000", "a02001"]

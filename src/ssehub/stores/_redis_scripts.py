@@ -164,8 +164,10 @@ return 1
 # ARGV: prefix, maxlen, max_age_ms, ttl_ms, mode, then
 #   mode 'get': user
 #   mode 'list': after ('' for none), limit, state ('' | 'connected' | 'disconnected')
-# Returns a list of {user, known, connections, seen, cursor, pending}. Counts of nodes
-# whose heartbeat expired are removed on the way.
+# Returns {records, next}: records are {user, known, connections, seen, cursor, pending};
+# a list scans at most 1,000 users per call (so one call never blocks Redis for long)
+# and `next` is the user to continue after, or false at the end. Counts of nodes whose
+# heartbeat expired are removed on the way.
 USERS: Final = (
     _HELPERS
     + """
@@ -206,26 +208,23 @@ local function record(user, conns)
 end
 if ARGV[5] == 'get' then
   local user = ARGV[6]
-  return {record(user, connections(user))}
+  return {{record(user, connections(user))}, false}
 end
 local after, limit, state = ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local out = {}
 local start = '-'
 if after ~= '' then start = '(' .. after end
-while #out < limit do
-  local batch = redis.call('ZRANGEBYLEX', p .. 'users', start, '+', 'LIMIT', 0, 200)
-  if #batch == 0 then break end
-  for _, user in ipairs(batch) do
-    local conns = connections(user)
-    local st = 'disconnected'
-    if conns > 0 then st = 'connected' end
-    if state == '' or state == st then
-      out[#out + 1] = record(user, conns)
-      if #out >= limit then break end
-    end
+local batch = redis.call('ZRANGEBYLEX', p .. 'users', start, '+', 'LIMIT', 0, 1000)
+for i, user in ipairs(batch) do
+  local conns = connections(user)
+  local st = 'disconnected'
+  if conns > 0 then st = 'connected' end
+  if state == '' or state == st then
+    out[#out + 1] = record(user, conns)
+    if #out >= limit then return {out, user} end
   end
-  start = '(' .. batch[#batch]
 end
-return out
+if #batch < 1000 then return {out, false} end
+return {out, batch[#batch]}
 """
 )

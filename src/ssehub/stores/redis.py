@@ -34,7 +34,7 @@ _CHUNK: Final = 500  # appends per script call: bounds how long Redis runs one s
 _FILL_USERS: Final = 100  # users read per round trip when filling a gap
 _BROADCAST_KEEP: Final = 1000
 _DEFAULT_TTL: Final = 15.0
-_MIN_TTL: Final = 1.0
+_MIN_TTL: Final = 3.0  # a busy event loop must not make live users flap
 
 
 def _import_redis() -> Any:
@@ -497,7 +497,7 @@ class RedisStore(Store):
 
     async def get_user(self, user_id: str) -> UserRecord:
         async with self._errors_as_unavailable():
-            rows = await self._scripts["USERS"](args=[*self._users_args(), "get", user_id])
+            rows, _ = await self._scripts["USERS"](args=[*self._users_args(), "get", user_id])
         return self._records(rows)[0]
 
     async def list_users(
@@ -506,7 +506,13 @@ class RedisStore(Store):
         if state is UserState.UNKNOWN or limit <= 0:
             return []  # only known users are listed
         wanted = state.value if state is not None else ""
-        args: list[str | int] = [*self._users_args(), "list", after or "", limit, wanted]
-        async with self._errors_as_unavailable():
-            rows = await self._scripts["USERS"](args=args)
-        return self._records(rows)
+        records: list[UserRecord] = []
+        cursor: str | bytes = after or ""
+        while len(records) < limit:
+            args = [*self._users_args(), "list", cursor, limit - len(records), wanted]
+            async with self._errors_as_unavailable():
+                rows, cursor = await self._scripts["USERS"](args=args)
+            records += self._records(rows)
+            if cursor is None:
+                break
+        return records
