@@ -148,6 +148,26 @@ class Authenticator:
         raise PermissionDenied("only the user or a publisher may do this")
 
 
+class KeyAuthenticator(Authenticator):
+    """Closed: only API keys are accepted, and they grant publisher rights.
+
+    For applications that identify their users themselves (see ``create_router``'s
+    ``identify``) and let other services publish with a key.
+    """
+
+    mode = "keys"
+
+    def grant(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Grant:
+        """Publisher rights for a configured API key.
+
+        Raises:
+            AuthenticationFailed: no key, or a wrong one.
+        """
+        if self._publish_keys and self.has_publish_key(headers):
+            return OPEN_GRANT
+        raise AuthenticationFailed("an API key is needed")
+
+
 class JwtAuthenticator(Authenticator):
     """``jwt`` mode: a verified token names the user; publishing needs rights.
 
@@ -236,6 +256,7 @@ __all__ = [
     "Grant",
     "JwtAuthenticator",
     "JwtVerifier",
+    "KeyAuthenticator",
     "PermissionDenied",
     "bearer_token",
     "create_authenticator",
