@@ -6,6 +6,7 @@ import inspect
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ class ServerProcess:
         self.env = env
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.verify: ssl.SSLContext | bool = True  # for an https:// url
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,7 +54,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                answer = httpx.get(self.url + "/healthz", timeout=0.5, verify=self.verify)
+                if answer.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -67,7 +68,11 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     Streams take the fast path (`ssehub.fastpath`) unless ``settings.portable``.
     """
     http: type[asyncio.Protocol] | str = "httptools"
-    if isinstance(app, FastAPI) and not settings.portable:
+    extra: dict[str, object] = {}
+    if settings.http2:
+        http = _http2_protocol()
+        extra["http2"] = True  # uvicorn >= 0.54 (the http2 extra requires it)
+    elif isinstance(app, FastAPI) and not settings.portable:
         http = fast_protocol(app)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -75,11 +80,25 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         port=settings.port,
         loop="uvloop",
         http=http,
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
         lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **extra,  # type: ignore[arg-type]
     )
+
+
+def _http2_protocol() -> str:
+    """uvicorn's HTTP/2 protocol (zttp); streams take the ASGI route there.
+
+    Raises:
+        ConfigurationError: zttp is not installed.
+    """
+    if importlib.util.find_spec("zttp") is None:
+        raise ConfigurationError("--http2 needs zttp: pip install 'ssehub[http2]'")
+    return "zttp"
 
 
 def _serve_worker(settings: Settings, sockets: list[socket.socket] | None = None) -> None:

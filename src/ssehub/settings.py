@@ -44,6 +44,11 @@ class Settings:
         False, "serve streams through the ASGI route instead of writing to the socket"
     )
     retry_ms: int = _field(2000, "reconnection time (ms) sent to clients on shutdown")
+    ssl_certfile: str = _field("", "PEM certificate (chain) file: serve HTTPS")
+    ssl_keyfile: str = _field("", "PEM private key file of --ssl-certfile")
+    http2: bool = _field(
+        False, "serve HTTP/2 as well as HTTP/1.1 over TLS (pip install 'ssehub[http2]')"
+    )
     history_max_events: int = _field(1000, "events kept per user for replay", group="store")
     history_max_age: float = _field(86400.0, "seconds an event is kept for replay", group="store")
     sqlite_synchronous: str = _field(
@@ -117,6 +122,10 @@ class Settings:
             raise ConfigurationError("auth must be 'open' or 'jwt'")
         if self.sqlite_synchronous not in ("full", "normal", "off"):
             raise ConfigurationError("sqlite_synchronous must be full, normal or off")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigurationError("--ssl-certfile and --ssl-keyfile go together")
+        if self.http2 and not self.ssl_certfile:
+            raise ConfigurationError("--http2 needs TLS: add --ssl-certfile and --ssl-keyfile")
 
     @property
     def limits(self) -> Limits:
