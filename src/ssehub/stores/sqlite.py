@@ -220,7 +220,7 @@ class SqliteStore(Store):
     # -- reading --------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        if self._readers is None or self._loop is None:
+        if self._closed or self._readers is None or self._loop is None:
             raise StoreUnavailable("the SQLite store is not running")
         return await self._loop.run_in_executor(self._readers, self._run_read, fn)
 
