@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -79,7 +80,7 @@ async def test_starting_creates_the_folder_and_a_wal_mode_database(
     path = tmp_path / "deep" / "er" / "hub.db"
     store = await open_sqlite(path)
     await store.append("alice", b"data: hi\n")
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -187,7 +188,7 @@ async def test_the_file_stops_growing_under_a_steady_load_with_retention(
     async def load(rounds: int) -> int:
         for _ in range(rounds):
             await store.append_many([(f"user-{n % 10}", payload) for n in range(200)])
-        with sqlite3.connect(tmp_path / "hub.db") as conn:
+        with contextlib.closing(sqlite3.connect(tmp_path / "hub.db")) as conn:
             pages: int = conn.execute("PRAGMA page_count").fetchone()[0]
         return pages
 
