@@ -109,3 +109,13 @@ def store_url(prefix: str, base: str | None = None, **options: object) -> str:
     url = base or redis_url()
     query = "&".join(f"{name}={value}" for name, value in {"prefix": prefix, **options}.items())
     return url + ("&" if "?" in url else "?") + query
+
+
+def forget_prefix(prefix: str, base: str | None = None) -> None:
+    """Delete every key under ``prefix`` that a test left in a Redis (the shared one)."""
+    import redis
+
+    with redis.Redis.from_url(base or redis_url()) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -12,15 +13,27 @@ import pytest
 
 from ssehub.events import event_key
 from tests.conftest import ServerFactory, ServerProcess
-from tests.redis_server import store_url
+from tests.redis_server import forget_prefix, store_url
 from tests.sse import Stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
-def unique_store() -> str:
-    """The shared Redis under a prefix no other test uses."""
-    return store_url(f"t-{uuid.uuid4().hex[:12]}")
+@contextlib.contextmanager
+def unique_prefix() -> Iterator[str]:
+    """A store URL on the shared Redis under a prefix no other test uses; cleaned after."""
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    try:
+        yield store_url(prefix)
+    finally:
+        forget_prefix(prefix)
+
+
+@pytest.fixture
+def store() -> Iterator[str]:
+    """A store URL for the servers of one test."""
+    with unique_prefix() as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["fast", "portable"])
@@ -30,11 +43,11 @@ def nodes(
     """Two nodes on one Redis, shared by the tests of this module that use distinct users."""
     factory = ServerFactory(tmp_path_factory.mktemp("nodes"))
     mode = ["--portable"] if request.param == "portable" else []
-    store = unique_store()
-    try:
-        yield factory(*mode, store=store), factory(*mode, store=store)
-    finally:
-        factory.close()
+    with unique_prefix() as store:
+        try:
+            yield factory(*mode, store=store), factory(*mode, store=store)
+        finally:
+            factory.close()
 
 
 async def publish(client: httpx.AsyncClient, server: ServerProcess, user: str, data: str) -> str:
@@ -148,9 +161,9 @@ async def test_a_disconnect_asked_of_one_node_closes_the_users_streams_on_every_
 
 
 async def test_workers_share_one_port_and_deliver_to_streams_held_by_any_of_them(
-    start_server: ServerFactory,
+    store: str, start_server: ServerFactory
 ) -> None:
-    server = start_server("--workers", "2", store=unique_store(), start=False)
+    server = start_server("--workers", "2", store=store, start=False)
     server.start(timeout=60)  # two fresh interpreters: slow on a busy machine
     streams: list[Stream] = []
     async with httpx.AsyncClient() as client:
@@ -179,9 +192,8 @@ async def test_workers_share_one_port_and_deliver_to_streams_held_by_any_of_them
 
 
 async def test_when_a_node_is_killed_its_clients_resume_on_another_and_lose_nothing(
-    start_server: ServerFactory,
+    store: str, start_server: ServerFactory
 ) -> None:
-    store = unique_store()
     doomed, survivor = start_server(store=store), start_server(store=store)
     async with httpx.AsyncClient() as client:
         async with Stream(doomed.url, "kim") as kim:
