@@ -122,7 +122,14 @@ async def test_a_nodes_presence_expires_without_refresh_and_heals_on_the_next_on
 
 @pytest.mark.parametrize(
     "query",
-    ["prefix=", "prefix=a%20b", "presence_ttl=soon", "reconnect_max=0", "ping_interval=-1"],
+    [
+        "prefix=",
+        "prefix=a%20b",
+        "presence_ttl=soon",
+        "reconnect_max=0",
+        "ping_interval=-1",
+        "bogus=1",
+    ],
 )
 def test_a_bad_redis_option_is_a_configuration_error(query: str) -> None:
     with pytest.raises(ConfigurationError):

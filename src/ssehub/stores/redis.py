@@ -167,6 +167,8 @@ class RedisStore(Store):
                 # restart closed; a Redis that is down still fails at once.
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # refuses unknown options
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad redis URL: {exc}") from exc
         return cls(client, retention=retention, **ours)
@@ -313,6 +315,8 @@ class RedisStore(Store):
                     logger.warning("redis pub/sub connection lost (%s); reconnecting", exc)
                 else:
                     logger.debug("redis pub/sub connection failed: %s", exc)
+            except Exception:  # keep fan-out alive whatever happened; retry with back-off
+                logger.exception("redis pub/sub failed; reconnecting")
             finally:
                 self._lost(conn)
                 with contextlib.suppress(*self._errors):
