@@ -113,6 +113,15 @@ def add_client_commands(commands: Any) -> None:
     token.add_argument("--publish", action="store_true", help="grant publisher rights too")
     token.set_defaults(run=run_token)
 
+    config_doc = commands.add_parser(
+        "config-doc",
+        help="print the configuration reference (markdown)",
+        description="Print the markdown table of every setting, generated from the code; "
+        "--write FILE replaces the table between the markers in FILE (the README).",
+    )
+    config_doc.add_argument("--write", metavar="FILE", help="update FILE in place")
+    config_doc.set_defaults(run=run_config_doc)
+
 
 def _client(args: argparse.Namespace) -> HubClient:
     return HubClient(args.url, token=args.token, publish_key=getattr(args, "publish_key", None))
@@ -261,4 +270,24 @@ def run_listen(args: argparse.Namespace) -> int:
                         return
 
     asyncio.run(go())
+    return 0
+
+
+def run_config_doc(args: argparse.Namespace) -> int:
+    """``ssehub config-doc``."""
+    from pathlib import Path
+
+    from ssehub._configdoc import config_reference, replace_reference
+
+    if args.write is None:
+        print(config_reference(), end="")
+        return 0
+    path = Path(args.write)
+    try:
+        text = path.read_text()
+        path.write_text(replace_reference(text))
+    except OSError as exc:
+        raise InvalidInput(f"cannot update {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"{path} has no config-reference markers") from exc
     return 0
