@@ -7,7 +7,8 @@ service a fake messenger instead.
 
 Run it with ``uvicorn --app-dir examples reports_app:app``, open a stream with
 ``curl -N http://127.0.0.1:8000/sse/connect/alice`` and, in another terminal, order a
-report: ``curl -X POST http://127.0.0.1:8000/reports/alice -d '{"title": "Sales"}'``.
+report: ``curl -X POST http://127.0.0.1:8000/reports/alice -H 'Content-Type:
+application/json' -d '{"title": "Sales"}'``.
 """
 
 from __future__ import annotations
