@@ -149,3 +149,26 @@ def test_the_page_sends_broadcasts_and_shows_the_hubs_disconnect(
         sync_api.expect(page.locator("#state")).to_have_attribute("data-state", "closed")
     finally:
         page.close()
+
+
+def test_with_jwt_auth_the_page_is_refused_without_a_token_and_works_with_one(
+    start_server: ServerFactory, browser: sync_api.Browser
+) -> None:
+    from ssehub.auth import mint_token
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    server = start_server("--auth", "jwt", "--jwt-secret", secret)
+    page = open_page(browser, server.url + "/?user=ada")
+    try:
+        page.click("#connect")
+        sync_api.expect(page.locator(".kind-error", has_text="401")).to_have_count(1)
+        sync_api.expect(page.locator("#state")).to_have_attribute("data-state", "closed")
+
+        page.fill("#token", mint_token(secret, "ada", ttl=60, publish=True))
+        page.click("#connect")
+        sync_api.expect(page.locator("#state")).to_have_attribute("data-state", "open")
+        page.click("#run-countdown")
+        sync_api.expect(page.locator(".kind-task")).to_have_count(1, timeout=10_000)
+        sync_api.expect(page.locator(".kind-object pre")).to_contain_text('"Name": "Victor"')
+    finally:
+        page.close()
