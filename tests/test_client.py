@@ -31,7 +31,7 @@ async def take(stream: EventStream, count: int, timeout: float = 10.0) -> list[E
 async def wait_connected(client: HubClient, user_id: str, timeout: float = 10.0) -> None:
     # Polls the server's own view of the user: that is what the test waits for.
     async with asyncio.timeout(timeout):
-        while (await client.status(user_id))["status"] != "connected":  # noqa: ASYNC110
+        while (await client.status(user_id))["status"] != "connected":
             await asyncio.sleep(0.02)
 
 
@@ -160,3 +160,21 @@ def test_the_sync_client_sends_and_follows_a_stream(start_server: ServerFactory)
         assert client.status("gina")["status"] in ("connected", "disconnected")
     assert [e.data for e in received] == ["first", "everyone"]
     assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+async def test_a_silent_connection_is_replaced_after_the_read_timeout(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(keepalive=30)  # nothing on the wire for longer than the timeout
+    states: asyncio.Queue[str] = asyncio.Queue()
+    async with HubClient(server.url) as client:
+        stream = client.events(
+            "hal", read_timeout=0.3, backoff=0.05, on_state=lambda s, d: states.put_nowait(s)
+        )
+        reader = asyncio.create_task(take(stream, 1))
+        async with asyncio.timeout(10):
+            seen = [await states.get() for _ in range(3)]
+        assert seen == ["connected", "reconnecting", "connected"]
+        event_id = await client.send("hal", "still here")
+        assert await reader == [Event("message", "still here", event_id)]
+        await stream.aclose()

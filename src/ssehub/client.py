@@ -118,7 +118,9 @@ class EventStream:
     (end when the hub disconnects the user); ``backoff`` (first delay, seconds, when the
     server sent no ``retry:``) and ``max_backoff``; ``max_attempts`` (failures in a row
     before giving up; None retries for ever); ``on_state(state, detail)``, called with
-    ``"connected"`` and ``"reconnecting"``.
+    ``"connected"`` and ``"reconnecting"``; ``read_timeout`` (seconds of silence after
+    which the connection counts as dead and is replaced; set it above the hub's
+    keep-alive interval; None waits for ever).
 
     Raises (from iteration):
         AuthenticationFailed, PermissionDenied, InvalidInput: the hub refuses the stream
@@ -139,6 +141,7 @@ class EventStream:
         max_backoff: float = 30.0,
         max_attempts: int | None = None,
         on_state: Callable[[str, str], None] | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self.user_id = user_id
         self.last_event_id = last_event_id
@@ -152,6 +155,7 @@ class EventStream:
         self._max_backoff = max_backoff
         self._max_attempts = max_attempts
         self._on_state = on_state or (lambda state, detail: None)
+        self._read_timeout = read_timeout
         self.retry: float | None = None
         self._iterator: AsyncGenerator[Event, None] | None = None
 
@@ -218,7 +222,7 @@ class EventStream:
         url = f"/sse/connect/{quote(self.user_id, safe='')}"
         try:
             async with self._client.http.stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+                "GET", url, headers=headers, timeout=httpx.Timeout(10.0, read=self._read_timeout)
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
