@@ -165,6 +165,11 @@ async def test_workers_share_one_port_and_deliver_to_streams_held_by_any_of_them
 ) -> None:
     server = start_server("--workers", "2", store=store, start=False)
     server.start(timeout=60)  # two fresh interpreters: slow on a busy machine
+
+    async def both_workers_ready() -> bool:
+        return server.log().count("ssehub ready") >= 2
+
+    await eventually(both_workers_ready, timeout=60.0)
     streams: list[Stream] = []
     async with httpx.AsyncClient() as client:
         try:
