@@ -116,6 +116,7 @@ class StreamProtocol(asyncio.Protocol):
     __slots__ = (
         "_cors",
         "_front",
+        "_limit",
         "_pending",
         "_slow",
         "_state",
@@ -134,6 +135,7 @@ class StreamProtocol(asyncio.Protocol):
     ) -> None:
         self._transport = transport
         self._front = front
+        self._limit = front.hub.limits.buffer_bytes
         self._state = state
         self._cors = cors
         self._pending: list[bytes] | None = []
@@ -153,7 +155,7 @@ class StreamProtocol(asyncio.Protocol):
             return True
         transport = self._transport
         transport.write(_KEEPALIVE_CHUNK if data is events.KEEPALIVE_FRAME else chunk(data))
-        if transport.get_write_buffer_size() > self._front.hub.limits.buffer_bytes:
+        if transport.get_write_buffer_size() > self._limit:
             self._slow = True
             return False
         return True

@@ -84,9 +84,12 @@ class MemoryStore(Store):
 
     def _trim(self, log: _Log, now_ms: int) -> None:
         excess = len(log.keys) - self.retention.max_events
-        oldest_allowed = (now_ms - int(self.retention.max_age * 1000), 0)
-        expired = bisect.bisect_left(log.keys, oldest_allowed)
-        log.drop_first(max(excess, expired))
+        oldest_allowed = now_ms - int(self.retention.max_age * 1000)
+        expired = 0
+        if log.keys and log.keys[0][0] < oldest_allowed:  # on every append: bisect only if needed
+            expired = bisect.bisect_left(log.keys, (oldest_allowed, 0))
+        if excess > 0 or expired:
+            log.drop_first(max(excess, expired))
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
         log = self._logs.get(user_id)
