@@ -106,15 +106,30 @@ async def test_a_broadcast_reaches_the_connected_users_of_every_node(
         httpx.AsyncClient() as client,
         Stream(node_a.url, "ann") as ann,
         Stream(node_b.url, "ben") as ben,
+        Stream(node_a.url, "cid") as cid_on_a,
+        Stream(node_b.url, "cid") as cid_on_b,
     ):
-        await greeted(ann)
-        await greeted(ben)
+        streams = {"ann": [ann], "ben": [ben], "cid": [cid_on_a, cid_on_b]}
+        for stream in (ann, ben, cid_on_a, cid_on_b):
+            await greeted(stream)
+
+        async def cid_on_both() -> bool:
+            return (await status(client, node_a, "cid"))["connections"] == 2
+
+        await eventually(cid_on_both)
         answer = await client.post(f"{node_a.url}/sse/broadcast", json={"data": "to all"})
         assert answer.status_code == 202, answer.text
-        for stream in (ann, ben):
-            message = await stream.next_message()
-            assert message is not None
-            assert message.data == "to all"
+        for user, opened in streams.items():
+            for stream in opened:
+                message = await stream.next_message()
+                assert message is not None
+                assert message.data == "to all"
+            # Once only, though cid is connected to both nodes: the next is the next.
+            await publish(client, node_b, user, "next")
+            for stream in opened:
+                message = await stream.next_message()
+                assert message is not None
+                assert message.data == "next"
 
 
 async def test_every_node_reports_the_same_status_of_a_user(

@@ -8,6 +8,7 @@ Key layout under a prefix ``P`` (``ARGV[1]`` of every script is ``"P:"``):
 | ``P:d:<user>`` | string | id of the newest event retention dropped (for reset) |
 | ``P:c:<user>`` | channel | ``"<id> <payload>"`` of each new event |
 | ``P:b`` / ``P:bc`` | stream / channel | broadcasts |
+| ``P:bd:<id>`` | set | users on several nodes a broadcast was appended for (1 min) |
 | ``P:ctl`` | channel | user ids to disconnect |
 | ``P:users`` | sorted set | known users (score 0, ordered by id) |
 | ``P:u:<user>`` | hash | ``seen`` (Unix time), ``cursor`` (last delivered id) |
@@ -66,22 +67,34 @@ local function trim(p, user, maxlen, max_age_ms, ttl)
 end
 """
 
-# ARGV: prefix, maxlen, slack, ttl_ms, then user, payload pairs. Returns the ids.
-# XADD and PUBLISH in one script: subscribers see a user's events in id order.
+# ARGV: prefix, maxlen, slack, ttl_ms, then user, payload, broadcast id triples. Returns
+# the ids (false for a skipped item). XADD and PUBLISH in one script: subscribers see a
+# user's events in id order. A broadcast (id not '') is appended once per user, however
+# many nodes with streams of the user append it.
 APPEND: Final = (
     _HELPERS
     + """
 local p, maxlen, slack, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local ids = {}
-for i = 5, #ARGV, 2 do
-  local user, payload = ARGV[i], ARGV[i + 1]
-  local stream = p .. 's:' .. user
-  local id = redis.call('XADD', stream, '*', 'p', payload)
-  if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
-  redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
-  ids[#ids + 1] = id
+for i = 5, #ARGV, 3 do
+  local user, payload, broadcast = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local fresh = true
+  -- Only a user with streams on several nodes needs the check (and its memory).
+  if broadcast ~= '' and redis.call('HLEN', p .. 'p:' .. user) > 1 then
+    fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
+    redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
+  end
+  if fresh then
+    local stream = p .. 's:' .. user
+    local id = redis.call('XADD', stream, '*', 'p', payload)
+    if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
+    redis.call('PEXPIRE', stream, ttl)
+    redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+    redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
+    ids[#ids + 1] = id
+  else
+    ids[#ids + 1] = false
+  end
 end
 return ids
 """

@@ -47,6 +47,17 @@ def _import_redis() -> Any:
     return aioredis
 
 
+class _BroadcastPayload(bytes):
+    """A broadcast's payload as handed to the listener, carrying the broadcast's id.
+
+    The hub of every node appends a broadcast for the users connected to it; a user
+    connected to two nodes would get it twice. Handed back to `append_many`, this
+    payload is appended at most once per user (see ``APPEND`` in the scripts).
+    """
+
+    broadcast_id: str
+
+
 def _id(key: _Key) -> str:
     return f"{key[0]}-{key[1]}"
 
@@ -223,11 +234,13 @@ class RedisStore(Store):
                 chunk = items[start : start + _CHUNK]
                 args: list[str | bytes | int] = [self._p, maxlen, slack, self._stream_ttl_ms]
                 for user_id, payload in chunk:
-                    args += (user_id, payload)
+                    broadcast = getattr(payload, "broadcast_id", "")
+                    args += (user_id, payload, broadcast)
                 ids = await self._scripts["APPEND"](args=args)
                 stored += (
-                    StoredEvent(raw.decode(), payload)
+                    StoredEvent(raw.decode(), bytes(payload))
                     for raw, (_, payload) in zip(ids, chunk, strict=True)
+                    if raw is not None  # a broadcast another node appended already
                 )
         return stored
 
@@ -421,7 +434,9 @@ class RedisStore(Store):
             return
         self._last_broadcast = key
         if self._listener is not None:
-            self._listener.on_broadcast(payload)
+            tagged = _BroadcastPayload(payload)
+            tagged.broadcast_id = event_id.decode()
+            self._listener.on_broadcast(tagged)
 
     async def _fill_gaps(self) -> None:
         """Hand the listener what was published while no subscription was open."""
