@@ -24,7 +24,7 @@ DISCONNECTED_EVENT: Final = "disconnected"
 
 # Lines end with CRLF, LF or CR (WHATWG: "end of line").
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_EVENT_ID = re.compile(r"\d{1,20}(?:-\d{1,20})?")
+_EVENT_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")  # ASCII digits only, unlike \d
 _MAX_EVENT_NAME = 64
 
 

@@ -42,21 +42,34 @@ UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"]
 
 
 class AsgiSink:
-    """A bounded queue of bytes drained by the stream's ASGI task."""
+    """A bounded queue of bytes drained by the stream's ASGI task.
 
-    __slots__ = ("_chunks", "_limit", "_size", "_wakeup", "closed")
+    The bound applies once the response has started (`live`): the greeting and the
+    replay are queued whole, as the fast path holds them until its head is written.
+    When the queue overflows (the client does not read), the hub closes the sink and
+    the stream's task is cancelled even if it is blocked in ``send``: a client that
+    never reads must not hold its stream forever.
+    """
+
+    __slots__ = (
+        "_chunks", "_limit", "_size", "_wakeup", "closed", "limit", "overflowed", "sender"
+    )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
-        self._limit = limit
+        self._limit = 1 << 62  # unbounded until `live`
+        self.limit = limit
         self._wakeup = asyncio.Event()
         self.closed = False
+        self.overflowed = False
+        self.sender: asyncio.Task[Any] | None = None
 
     def write(self, data: bytes) -> bool:
         if self.closed:
             return True
         if self._size + len(data) > self._limit:
+            self.overflowed = True
             return False
         self._chunks.append(data)
         self._size += len(data)
@@ -69,6 +82,12 @@ class AsgiSink:
                 self._chunks.append(final)
             self.closed = True
             self._wakeup.set()
+            if self.overflowed and self.sender is not None:
+                self.sender.cancel()  # blocked in send() to a client that does not read
+
+    def live(self) -> None:
+        """The response has started: bound the queue from now on."""
+        self._limit = self.limit
 
     async def take(self) -> bytes:
         """Wait for bytes (or the close) and return everything queued."""
@@ -98,22 +117,43 @@ class EventStreamResponse(Response):
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            sink = self._sink
-            while True:
-                body = await sink.take()
-                if sink.closed:
-                    body += sink.take_nowait()
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
-                    break
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            self._sink.live()
+            await self._pump(send, watcher)
         except OSError:
             pass  # the client went away mid-write; the watcher notices too
         finally:
+            self._sink.sender = None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             self._hub.release(self._connection)
+
+    async def _pump(self, send: Any, watcher: asyncio.Task[None]) -> None:
+        sink = self._sink
+        task = asyncio.current_task()
+        try:
+            while True:
+                body = await sink.take()
+                if sink.overflowed:
+                    break
+                sink.sender = task
+                if sink.closed:
+                    body += sink.take_nowait()
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                sink.sender = None
+        except asyncio.CancelledError:
+            if not sink.overflowed or task is None or task.uncancel() > 0:
+                raise
+        # A client that does not read. ASGI cannot drop a connection, and ending the
+        # response would wait for the client to read what is buffered: free the
+        # stream's place in the hub now, then wait for the client to go.
+        sink.sender = None
+        sink.take_nowait()
+        self._hub.release(self._connection)
+        await watcher
 
     async def _watch_disconnect(self, receive: Any) -> None:
         while True:
