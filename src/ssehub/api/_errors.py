@@ -24,6 +24,33 @@ from ssehub.exceptions import (
 logger = logging.getLogger("ssehub.api")
 
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "string", "description": "what is wrong"}},
+}
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed input: a bad user id, body, event name or Last-Event-ID.",
+    401: "No valid credentials (jwt mode).",
+    403: "Valid credentials that do not allow this.",
+    413: "Payload, body or batch over its limit.",
+    429: "Too many streams for the user.",
+    503: "Store unavailable, or the server holds all the streams it may.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ssehub's JSON errors with these status codes."""
+    return {
+        code: {
+            "description": _ERROR_DESCRIPTIONS[code],
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+        for code in codes
+    }
+
+
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
     """A JSON response, encoded with orjson."""
     return Response(orjson.dumps(body), status, headers, media_type="application/json")

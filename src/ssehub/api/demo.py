@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from ssehub.api._errors import json_response
+from ssehub.api._errors import error_responses, json_response
 from ssehub.auth import Authenticator
 from ssehub.demo import run_long_task, run_object_countdown
 from ssehub.hub import Hub
@@ -19,7 +19,8 @@ _RESULT: dict[int | str, dict[str, Any]] = {
             "message": "Task completed",
             "data": "User 'alice' completed the task at: 2026-01-01T12:00:00.",
         }}},
-    }
+    },
+    **error_responses(400, 401, 403, 503),
 }  # fmt: skip
 
 UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from ssehub.api._body import message_fields, read_json
-from ssehub.api._errors import json_response
+from ssehub.api._errors import error_responses, json_response
 from ssehub.auth import Authenticator
 from ssehub.events import encode_payload
 from ssehub.exceptions import InvalidInput, PayloadTooLarge
@@ -57,13 +57,8 @@ _STATUS_SCHEMA: dict[str, Any] = {
         "pending": {"type": "integer"},
     },
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Malformed body or user id."},
-    401: {"description": "No valid credentials (jwt mode)."},
-    403: {"description": "Credentials without publisher rights."},
-    413: {"description": "Payload or body over the limit."},
-    503: {"description": "Store unavailable."},
-}
+_ERRORS = error_responses(400, 401, 403, 413, 503)
+_READ_ERRORS = error_responses(400, 401, 403, 503)
 
 
 def _body_doc(schema: dict[str, Any], example: object) -> dict[str, Any]:
@@ -166,7 +161,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         summary="A user's status",
         description="connected (with the number of open streams), disconnected, or unknown; "
         "when the user was last seen; how many messages wait for them.",
-        responses={200: _json(_STATUS_SCHEMA, "The user's status."), **_ERRORS},
+        responses={200: _json(_STATUS_SCHEMA, "The user's status."), **_READ_ERRORS},
         response_class=Response,
         tags=["state"],
     )

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from ssehub.api._errors import json_response
+from ssehub.api._errors import error_responses, json_response
 from ssehub.auth import Authenticator, Grant
 from ssehub.connection import Connection
 from ssehub.events import is_event_id
@@ -231,11 +231,7 @@ def add_stream_routes(
         responses={
             200: {"content": {"text/event-stream": {"example": "data: User 'alice' connected\n\n"}},
                   "description": "The event stream (never ends by itself)."},
-            400: {"description": "Bad user id or Last-Event-ID."},
-            401: {"description": "No valid token (jwt mode)."},
-            403: {"description": "Token of another user."},
-            429: {"description": "Too many streams for the user."},
-            503: {"description": "Store unavailable or server full."},
+            **error_responses(400, 401, 403, 429, 503),
         },
         tags=["streams"],
     )  # fmt: skip
@@ -265,7 +261,10 @@ def add_stream_routes(
         description="Closes every open stream of the user, on every node, and marks the "
         "user disconnected. Answers 200 with an empty body, as the sample did.",
         response_class=Response,
-        responses={200: {"description": "The user's streams were closed."}},
+        responses={
+            200: {"description": "The user's streams were closed."},
+            **error_responses(400, 401, 403, 503),
+        },
         tags=["streams"],
     )
     async def disconnect(request: Request, user_id: UserIdPath) -> Response:
