@@ -162,8 +162,10 @@ class StoredEvent:
 
     @property
     def key(self) -> tuple[int, int]:
-        """The order key of `id`."""
-        return event_key(self.id)
+        """The order key of `id` (see `event_key`)."""
+        # On every delivery: a store's own id is not checked against the pattern again.
+        major, _, minor = self.id.partition("-")
+        return int(major), int(minor or 0)
 
     def frame(self) -> bytes:
         """The full frame of this event, with its ``id:`` line."""
