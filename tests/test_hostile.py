@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import STREAM_MODES, ServerFactory, ServerProcess
+from tests.conftest import STREAM_MODES, ServerFactory, ServerProcess, free_port
+from tests.redis_server import forget_prefix, store_url
 from tests.sse import Stream
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +93,18 @@ async def test_garbage_last_event_ids_get_400_json_and_hurt_no_one(server: Serve
         assert greeting.data == "User 'alice' connected"
         assert kept.data == "kept"
         assert kept.id == sent.json()["id"]
+
+
+@pytest.mark.redis
+async def test_garbage_and_odd_last_event_ids_are_answered_by_the_redis_store_too(
+    start_server: ServerFactory,
+) -> None:
+    prefix = f"hostile{free_port()}"
+    server = start_server(store=store_url(prefix))
+    try:
+        await test_garbage_last_event_ids_get_400_json_and_hurt_no_one(server)
+    finally:
+        forget_prefix(prefix)
 
 
 async def _hostile_client(port: int, user: str, style: int) -> None:
