@@ -239,3 +239,12 @@ def test_configured_cors_origins_may_send_credentials(start_server: ServerFactor
     assert allowed.headers["access-control-allow-credentials"] == "true"
     assert refused.status_code == 400
     assert "access-control-allow-origin" not in refused.headers
+
+
+def test_open_mode_on_a_public_address_warns_and_jwt_mode_does_not(
+    start_server: ServerFactory,
+) -> None:
+    open_server = start_server("--host", "0.0.0.0")
+    jwt_server = start_server("--host", "0.0.0.0", "--auth", "jwt", "--jwt-secret", SECRET)
+    assert "auth is open and ssehub listens on 0.0.0.0" in open_server.log()
+    assert "auth is open" not in jwt_server.log()
