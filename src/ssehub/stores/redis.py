@@ -139,8 +139,9 @@ class RedisStore(Store):
 
         ssehub's options: ``prefix`` (default ``ssehub``), ``presence_ttl``,
         ``reconnect_max``, ``ping_interval`` (seconds). Any other option goes to
-        redis-py (``socket_timeout``, ``socket_connect_timeout``, ...; both default
-        to 2 s here, so a Redis that does not answer never hangs a request).
+        redis-py: ``socket_timeout``, ``socket_connect_timeout`` (both 2 s by default,
+        so a Redis that does not answer never hangs a request), ``max_connections``
+        (32 by default) and ``timeout`` (seconds to wait for a free one, 2 by default).
 
         Raises:
             ConfigurationError: a malformed URL or option, or redis-py is missing.
@@ -169,8 +170,12 @@ class RedisStore(Store):
                 rest.append((name, value))
         plain = urlunsplit(parts._replace(query=urlencode(rest)))
         try:
-            client = aioredis.from_url(
+            # A bounded pool: a burst of publishes waits for a connection (up to
+            # `timeout`, then 503) instead of opening one connection per request.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 plain,
+                max_connections=32,
+                timeout=2.0,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
                 protocol=2,  # pub/sub messages as plain replies, on every Redis version
@@ -178,8 +183,8 @@ class RedisStore(Store):
                 # restart closed; a Redis that is down still fails at once.
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
-            pool = client.connection_pool
             pool.connection_class(**pool.connection_kwargs)  # refuses unknown options
+            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad redis URL: {exc}") from exc
         return cls(client, retention=retention, **ours)
