@@ -33,42 +33,49 @@ async def test_while_redis_is_down_streams_stay_open_publishes_get_503_and_nothi
 ) -> None:
     store = store_url("outage", base=own_redis.url, reconnect_max=0.2, ping_interval=0.5)
     node_a, node_b = start_server(store=store), start_server(store=store)
-    async with httpx.AsyncClient(timeout=10) as client, Stream(node_a.url, "otto") as otto:
-        await greeted(otto)
-        before = await publish(client, node_b, "otto", "before")
-        message = await otto.next_message()
-        assert message is not None
-        assert message.id == before
+    try:
+        async with httpx.AsyncClient(timeout=10) as client, Stream(node_a.url, "otto") as otto:
+            await greeted(otto)
+            before = await publish(client, node_b, "otto", "before")
+            message = await otto.next_message()
+            assert message is not None
+            assert message.id == before
 
-        own_redis.stop()
-        stopped_at = time.monotonic()
-        for node in (node_a, node_b):
-            started = time.monotonic()
-            refused = await client.post(f"{node.url}/sse/users/otto/messages", json={"data": "x"})
-            assert refused.status_code == 503
-            assert refused.json()["detail"]
-            assert time.monotonic() - started < 3.0
-            ready = await client.get(f"{node.url}/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["status"] == "degraded"
-        while time.monotonic() - stopped_at < 2.0:  # a short outage, a few retries long
-            assert await otto.next() is not None, "the stream ended during the outage"
+            own_redis.stop()
+            stopped_at = time.monotonic()
+            for node in (node_a, node_b):
+                started = time.monotonic()
+                refused = await client.post(
+                    f"{node.url}/sse/users/otto/messages", json={"data": "x"}
+                )
+                assert refused.status_code == 503
+                assert refused.json()["detail"]
+                assert time.monotonic() - started < 3.0
+                ready = await client.get(f"{node.url}/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["status"] == "degraded"
+            while time.monotonic() - stopped_at < 2.0:  # a short outage, a few retries long
+                assert await otto.next() is not None, "the stream ended during the outage"
 
-        own_redis.start()
+            own_redis.start()
 
-        async def ready_b() -> bool:
-            return (await client.get(f"{node_b.url}/readyz")).status_code == 200
+            async def ready_b() -> bool:
+                return (await client.get(f"{node_b.url}/readyz")).status_code == 200
 
-        # Publish as soon as node B is back, while node A may still be reconnecting:
-        # A then finds these messages by reading the stream after the last id it saw.
-        await eventually(ready_b, timeout=15.0)
-        after = [await publish(client, node_b, "otto", f"after{i}") for i in range(3)]
-        resumed = await otto.messages(3, timeout=15.0)
-        assert [m.id for m in resumed] == after
-        assert [m.data for m in resumed] == ["after0", "after1", "after2"]
-        assert event_key(before) < event_key(after[0])
+            # Publish as soon as node B is back, while node A may still be reconnecting:
+            # A then finds these messages by reading the stream after the last id it saw.
+            await eventually(ready_b, timeout=15.0)
+            after = [await publish(client, node_b, "otto", f"after{i}") for i in range(3)]
+            resumed = await otto.messages(3, timeout=15.0)
+            assert [m.id for m in resumed] == after
+            assert [m.data for m in resumed] == ["after0", "after1", "after2"]
+            assert event_key(before) < event_key(after[0])
 
-    # What was accepted before the outage survived the restart of Redis.
-    async with Stream(node_a.url, "otto", headers={"Last-Event-ID": "0-1"}) as replay:
-        await greeted(replay)
-        assert [m.id for m in await replay.messages(4)] == [before, *after]
+        # What was accepted before the outage survived the restart of Redis.
+        async with Stream(node_a.url, "otto", headers={"Last-Event-ID": "0-1"}) as replay:
+            await greeted(replay)
+            assert [m.id for m in await replay.messages(4)] == [before, *after]
+    except BaseException:
+        for node in (node_a, node_b):  # shown with the failure
+            print(f"--- log of {node.url}\n{node.log()}")
+        raise
