@@ -175,7 +175,11 @@ class Subscriber:
                 "closed": int(closed), "bytes": int(received)}  # fmt: skip
 
     def wait_for(self, events: int, stall: float = 3.0, limit: float = 120.0) -> int:
-        """Wait until ``events`` arrived or nothing arrived for ``stall`` seconds."""
+        """Wait until ``events`` arrived, nothing arrived for ``stall`` s, or ``limit`` s.
+
+        What has not arrived by then counts as lost: a server that falls that far behind
+        has failed the scenario either way.
+        """
         last, since, start = -1, time.monotonic(), time.monotonic()
         while time.monotonic() - start < limit:
             got = self.stats()["events"]
@@ -280,7 +284,7 @@ def unicast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str, 
         accepted, _, errors = publish(
             url, "unicast", count, sizes.unicast_users, 10, 4, sizes.steady_rate
         )
-        sub.wait_for(accepted)
+        sub.wait_for(accepted, limit=30.0)
         records = sub.records()
         result["steady"] = {"rate": sizes.steady_rate, "accepted": accepted, "errors": errors,
                             "lost": accepted - len(records), **latency(records)}  # fmt: skip
@@ -304,7 +308,7 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
         accepted, _, errors = publish(url, "broadcast", sizes.broadcasts,
                                       sizes.broadcast_interval_ms)  # fmt: skip
         expected = int(opened) * accepted
-        sub.wait_for(expected)
+        sub.wait_for(expected, limit=60.0)
         records = sub.records()
     finally:
         sub.close()
