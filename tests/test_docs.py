@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ssehub._configdoc import BEGIN, END, config_reference
+from ssehub.cli import main
 from tests.conftest import REPO
 
 
@@ -27,7 +30,9 @@ def test_every_setting_has_a_row_with_its_flag_and_variable() -> None:
         assert f"`--{name.replace('_', '-')}` | `SSEHUB_{name.upper()}` |" in table
 
 
-def test_config_doc_prints_the_table_and_writes_it_between_the_markers(tmp_path: Path) -> None:
+def test_config_doc_prints_the_table_and_writes_it_between_the_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     command = [sys.executable, "-m", "ssehub", "config-doc"]
     printed = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert printed.returncode == 0
@@ -35,16 +40,12 @@ def test_config_doc_prints_the_table_and_writes_it_between_the_markers(tmp_path:
 
     document = tmp_path / "doc.md"
     document.write_text(f"# Title\n\n{BEGIN}\nstale\n{END}\n\nafter\n")
-    written = subprocess.run([*command, "--write", str(document)], capture_output=True, timeout=30)
-    assert written.returncode == 0
+    assert main(["config-doc", "--write", str(document)]) == 0
     assert document.read_text() == f"# Title\n\n{BEGIN}\n{config_reference()}{END}\n\nafter\n"
 
     unmarked = tmp_path / "plain.md"
     unmarked.write_text("no markers\n")
-    refused = subprocess.run(
-        [*command, "--write", str(unmarked)], capture_output=True, text=True, timeout=30
-    )
-    assert refused.returncode == 1
-    assert (
-        refused.stderr == f"ssehub config-doc: error: {unmarked} has no config-reference markers\n"
+    assert main(["config-doc", "--write", str(unmarked)]) == 1
+    assert capsys.readouterr().err == (
+        f"ssehub config-doc: error: {unmarked} has no config-reference markers\n"
     )
