@@ -1,0 +1,320 @@
+"""The Redis store's subscriber: the one pub/sub connection of a node.
+
+It subscribes to the channels of the users this node has streams for, plus the
+broadcast and control channels, and hands what arrives to the store's listener in id
+order. When the connection is lost it reconnects with back-off, subscribes again, and
+reads from the streams what was published meanwhile before it goes on (see
+ARCHITECTURE.md, "Redis store and scale-out").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from ssehub.events import StoredEvent
+from ssehub.exceptions import StoreUnavailable
+from ssehub.stores.base import StoreListener
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
+
+logger = logging.getLogger("ssehub.stores.redis")
+
+Key = tuple[int, int]
+BROADCAST_KEEP: Final = 1000  # broadcasts kept for nodes that reconnect
+_FILL_USERS: Final = 100  # users read per round trip when filling a gap
+
+
+class BroadcastPayload(bytes):
+    """A broadcast's payload as handed to the listener, carrying the broadcast's id.
+
+    The hub of every node appends a broadcast for the users connected to it; a user
+    connected to two nodes would get it twice. Handed back to the store's
+    ``append_many``, this payload is appended at most once per user (see ``APPEND`` in
+    the scripts).
+    """
+
+    broadcast_id: str
+
+
+def format_id(key: Key) -> str:
+    """A stream id from its key."""
+    return f"{key[0]}-{key[1]}"
+
+
+def parse_id(raw: bytes) -> Key:
+    """The key of a stream id as Redis sends it."""
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class Subscriber:
+    """A node's subscriptions; started and closed by the store.
+
+    Args:
+        client: the store's client (for gap fills, and the settings of the connection).
+        prefix: key and channel prefix, with its trailing colon.
+        errors: the exceptions that mean Redis cannot be reached.
+        fill_limit: events read per user when filling a gap (the retention count).
+        reconnect_max: longest pause between reconnection attempts, in seconds.
+        ping_interval: seconds between pings; three silent intervals mean a lost link.
+        timeout: seconds to wait for a connection or a subscription to be confirmed.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str,
+        errors: tuple[type[BaseException], ...],
+        fill_limit: int,
+        reconnect_max: float,
+        ping_interval: float,
+        timeout: float,
+    ) -> None:
+        self.listener: StoreListener | None = None
+        self.up = asyncio.Event()
+        self._client = client
+        self._p = prefix
+        self._errors = errors
+        self._fill_limit = fill_limit
+        self._reconnect_max = reconnect_max
+        self._ping_interval = ping_interval
+        self._timeout = timeout
+        self._user_channel = (prefix + "c:").encode()
+        self._broadcast_channel = (prefix + "bc").encode()
+        self._control_channel = (prefix + "ctl").encode()
+        # Users watched by this node -> newest id handed to the listener (or known to
+        # be older than anything the subscription will bring): where a gap fill starts.
+        self._watched: dict[str, Key | None] = {}
+        self._last_broadcast: Key | None = None
+        self._pending: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._sub_lock = asyncio.Lock()
+        self._conn: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start connecting; wait a little for it, but return even if Redis is down."""
+        self._task = asyncio.create_task(self._forever(), name="ssehub-redis-sub")
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                await self.up.wait()
+        except TimeoutError:
+            logger.warning("redis is not answering; running degraded until it does")
+
+    async def close(self) -> None:
+        """Stop the reader task and drop the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def watch(self, user_id: str) -> None:
+        """Subscribe to a user's channel; return once Redis confirmed it.
+
+        Raises:
+            StoreUnavailable: not connected, or Redis did not confirm in time.
+        """
+        channel = self._user_channel + user_id.encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            # Where a gap fill would start: taken before subscribing, so nothing
+            # published after it can be missed (what is seen twice, the hub drops).
+            newest: Any = await self._client.xrevrange(f"{self._p}s:{user_id}", count=1)
+        except self._errors as exc:
+            raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        async with self._sub_lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreUnavailable("redis pub/sub is reconnecting")
+            if user_id not in self._watched:
+                self._watched[user_id] = parse_id(newest[0][0]) if newest else None
+            self._pending.setdefault(channel, []).append(future)
+            try:
+                await conn.send_command("SUBSCRIBE", channel, check_health=False)
+            except self._errors as exc:
+                self._abandon(channel, future, user_id)
+                raise StoreUnavailable(f"redis: {exc}") from exc
+        try:
+            async with asyncio.timeout(self._timeout):
+                await future
+        except (StoreUnavailable, TimeoutError) as exc:
+            async with self._sub_lock:
+                self._abandon(channel, future, user_id)
+                await self._unsubscribe(channel)
+            raise StoreUnavailable("redis did not confirm the subscription") from exc
+
+    def _abandon(self, channel: bytes, future: asyncio.Future[None], user_id: str) -> None:
+        waiting = self._pending.get(channel, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._pending.pop(channel, None)
+        self._watched.pop(user_id, None)
+
+    async def unwatch(self, user_id: str) -> None:
+        """Stop receiving a user's events."""
+        async with self._sub_lock:
+            if self._watched.pop(user_id, ()) != ():
+                await self._unsubscribe(self._user_channel + user_id.encode())
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        # Best effort: a lost connection drops every subscription anyway, and the
+        # next one subscribes only to the users still watched.
+        if self._conn is not None:
+            with contextlib.suppress(*self._errors):
+                await self._conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+
+    async def _forever(self) -> None:
+        delay = 0.05
+        while True:
+            conn = self._new_connection()
+            try:
+                await self._subscribe(conn)
+                delay = 0.05
+                await self._read_forever(conn)
+            except self._errors as exc:
+                if self.up.is_set():
+                    logger.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+                else:
+                    logger.debug("redis pub/sub connection failed: %s", exc)
+            except Exception:  # keep fan-out alive whatever happened; retry with back-off
+                logger.exception("redis pub/sub failed; reconnecting")
+            finally:
+                self._lost(conn)
+                with contextlib.suppress(*self._errors):
+                    await conn.disconnect()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max)
+
+    def _new_connection(self) -> AbstractConnection:
+        pool = self._client.connection_pool
+        # No socket timeout on the subscriber: it is idle by design, and its health
+        # is checked by pings instead.
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        conn: AbstractConnection = pool.connection_class(**kwargs)
+        return conn
+
+    def _lost(self, conn: AbstractConnection) -> None:
+        self.up.clear()
+        if self._conn is conn:
+            self._conn = None
+        for waiting in self._pending.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(StoreUnavailable("redis pub/sub connection lost"))
+        self._pending.clear()
+
+    async def _subscribe(self, conn: AbstractConnection) -> None:
+        async with asyncio.timeout(self._timeout * 2):
+            await conn.connect()  # type: ignore[no-untyped-call]
+        async with self._sub_lock:
+            channels = [self._broadcast_channel, self._control_channel]
+            channels += [self._user_channel + user.encode() for user in self._watched]
+            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+            self._conn = conn
+        # Confirmations come before any message published after them.
+        for _ in channels:
+            reply = await self._read(conn)
+            if reply[0] != b"subscribe":
+                raise StoreUnavailable(f"unexpected reply to SUBSCRIBE: {reply[0]!r}")
+        await self._fill_gaps()
+        self.up.set()
+        logger.info("redis pub/sub connected (%d users watched)", len(self._watched))
+
+    async def _read(self, conn: AbstractConnection) -> list[bytes]:
+        async with asyncio.timeout(self._ping_interval * 3):
+            reply: list[bytes] = await conn.read_response()
+        return reply
+
+    async def _read_forever(self, conn: AbstractConnection) -> None:
+        pinger = asyncio.create_task(self._ping_forever(conn), name="ssehub-redis-ping")
+        try:
+            while True:
+                reply = await self._read(conn)
+                try:
+                    self._dispatch(reply)
+                except Exception:  # a listener's bug must not stop delivery to others
+                    logger.exception("handling a redis pub/sub message failed")
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *self._errors):
+                await pinger
+
+    async def _ping_forever(self, conn: AbstractConnection) -> None:
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            async with self._sub_lock, asyncio.timeout(self._timeout):
+                await conn.send_command("PING", check_health=False)
+
+    def _dispatch(self, reply: list[bytes]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            channel, data = reply[1], reply[2]
+            if channel.startswith(self._user_channel):
+                user_id = channel[len(self._user_channel) :].decode()
+                event_id, _, payload = data.partition(b" ")
+                self._deliver(user_id, event_id, payload)
+            elif channel == self._broadcast_channel:
+                event_id, _, payload = data.partition(b" ")
+                self._deliver_broadcast(event_id, payload)
+            elif channel == self._control_channel and self.listener is not None:
+                self.listener.on_disconnect(data.decode())
+        elif kind == b"subscribe":
+            waiting = self._pending.get(reply[1])
+            if waiting:
+                future = waiting.pop(0)
+                if not waiting:
+                    del self._pending[reply[1]]
+                if not future.done():
+                    future.set_result(None)
+
+    def _deliver(self, user_id: str, event_id: bytes, payload: bytes) -> None:
+        last = self._watched.get(user_id, ())
+        if last == ():
+            return
+        key = parse_id(event_id)
+        if last is not None and key <= last:
+            return
+        self._watched[user_id] = key
+        if self.listener is not None:
+            self.listener.on_event(user_id, StoredEvent(event_id.decode(), payload))
+
+    def _deliver_broadcast(self, event_id: bytes, payload: bytes) -> None:
+        key = parse_id(event_id)
+        if self._last_broadcast is not None and key <= self._last_broadcast:
+            return
+        self._last_broadcast = key
+        if self.listener is not None:
+            tagged = BroadcastPayload(payload)
+            tagged.broadcast_id = event_id.decode()
+            self.listener.on_broadcast(tagged)
+
+    async def _fill_gaps(self) -> None:
+        """Hand the listener what was published while no subscription was open."""
+        maxlen = self._fill_limit
+        if self._last_broadcast is None:
+            newest: Any = await self._client.xrevrange(f"{self._p}b", count=1)
+            self._last_broadcast = parse_id(newest[0][0]) if newest else (0, 0)
+        else:
+            rows: Any = await self._client.xrange(
+                f"{self._p}b", min=f"({format_id(self._last_broadcast)}", count=BROADCAST_KEEP
+            )
+            for event_id, fields in rows:
+                self._deliver_broadcast(event_id, fields[b"p"])
+        watched = list(self._watched.items())
+        for start in range(0, len(watched), _FILL_USERS):
+            chunk = watched[start : start + _FILL_USERS]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for user_id, last in chunk:
+                    after = f"({format_id(last)}" if last is not None else "-"
+                    pipe.xrange(f"{self._p}s:{user_id}", min=after, count=maxlen)
+                results = await pipe.execute()
+            for (user_id, _), rows in zip(chunk, results, strict=True):
+                for event_id, fields in rows:
+                    self._deliver(user_id, event_id, fields[b"p"])
