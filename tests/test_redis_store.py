@@ -155,3 +155,27 @@ async def test_listing_connected_users_finds_them_past_a_thousand_disconnected_o
     assert [r.user_id for r in connected] == ["a00007", "b-late"]
     page = await store.list_users(after="a01998", limit=3)
     assert [r.user_id for r in page] == ["a01999", "a02000", "a02001"]
+
+
+async def test_after_redis_restarts_empty_new_events_still_get_larger_ids_and_arrive(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    listener = RecordingListener()
+    url = store_url("amnesia", base=own_redis.url, reconnect_max=0.1)
+    store = await started(stores, url, listener)
+    await store.watch("yan")
+    before = await store.append("yan", b"data: before\n")
+    await listener.wait_until(lambda: listener.ids_of("yan") == [before.id])
+    own_redis.stop()  # nothing persisted: Redis comes back empty
+    own_redis.start()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+    after = await store.append("yan", b"data: after\n")
+    await listener.wait_until(lambda: len(listener.ids_of("yan")) == 2)
+    assert listener.ids_of("yan") == [before.id, after.id]
+    assert event_key(after.id) > event_key(before.id)
