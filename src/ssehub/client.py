@@ -9,6 +9,7 @@ hint. `SyncHubClient` offers the same to scripts without asyncio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -194,11 +195,13 @@ class EventStream:
         failures = 0
         while True:
             try:
-                async for event in self._connect_once():
-                    failures = 0
-                    yield event
-                    if event.event == DISCONNECTED and self._stop_on_disconnect:
-                        return
+                # aclosing: leaving early closes the connection now, not at collection.
+                async with contextlib.aclosing(self._connect_once()) as events:
+                    async for event in events:
+                        failures = 0
+                        yield event
+                        if event.event == DISCONNECTED and self._stop_on_disconnect:
+                            return
             except SsehubError as exc:
                 if not _retryable(exc):
                     raise
@@ -215,7 +218,7 @@ class EventStream:
             self._on_state("reconnecting", f"{reason}; reconnecting in {delay:.1f} s")
             await asyncio.sleep(delay)
 
-    async def _connect_once(self) -> AsyncIterator[Event]:
+    async def _connect_once(self) -> AsyncGenerator[Event, None]:
         headers = {"accept": "text/event-stream", **self._client.auth_headers()}
         if self.last_event_id is not None:
             headers["last-event-id"] = self.last_event_id
