@@ -168,6 +168,16 @@ def start_server(tmp_path: Path, stream_mode: str) -> Iterator[ServerFactory]:
     factory.close()
 
 
+@pytest.fixture(scope="module", params=STREAM_MODES)
+def start_module_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Like `start_server`, for servers shared by a module's tests, once per stream mode."""
+    factory = ServerFactory(tmp_path_factory.mktemp("servers"), str(request.param))
+    yield factory
+    factory.close()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio (uvloop is the server's business)."""
