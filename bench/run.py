@@ -308,7 +308,7 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
         accepted, _, errors = publish(url, "broadcast", sizes.broadcasts,
                                       sizes.broadcast_interval_ms)  # fmt: skip
         expected = int(opened) * accepted
-        sub.wait_for(expected, limit=60.0)
+        sub.wait_for(expected, stall=10.0, limit=60.0)
         records = sub.records()
     finally:
         sub.close()
