@@ -423,7 +423,11 @@ def main() -> None:
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/15", help="Redis for the redis run"
     )
+    parser.add_argument("--table", metavar="JSON", help="print the table of a saved run")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())["results"]))
+        return
     sizes = QUICK if args.quick else FULL
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, FILE_LIMIT), hard))
