@@ -38,7 +38,7 @@ class ServerProcess:
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         """Start the process and wait until ``/healthz`` answers."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -13,7 +13,7 @@ from ssehub.events import StoredEvent, event_key
 from ssehub.stores import MemoryStore, Retention, Store
 from ssehub.stores.redis import RedisStore
 from ssehub.stores.sqlite import SqliteStore
-from tests.redis_server import redis_url
+from tests.redis_server import forget_prefix, redis_url
 
 STORE_KINDS = ["memory", "sqlite", "redis"]
 
@@ -64,6 +64,7 @@ class StoreFactory:
         self.kind = kind
         self.tmp_path = tmp_path
         self.stores: list[Store] = []
+        self.prefixes: list[str] = []
 
     def build(self, retention: Retention | None = None) -> Store:
         """A store of this kind, not started (a fresh file or key prefix each time)."""
@@ -75,6 +76,7 @@ class StoreFactory:
         url = redis_url()
         separator = "&" if "?" in url else "?"
         prefix = f"test-{uuid.uuid4().hex}"  # a fresh key space for every store
+        self.prefixes.append(prefix)
         return RedisStore.from_url(f"{url}{separator}prefix={prefix}", retention=retention)
 
     async def __call__(
@@ -90,6 +92,8 @@ class StoreFactory:
     async def close(self) -> None:
         for store in reversed(self.stores):
             await store.close()
+        for prefix in self.prefixes:
+            forget_prefix(prefix)
 
 
 @pytest.fixture(params=STORE_KINDS)
