@@ -31,6 +31,7 @@ class Stream:
         self.status_code: int | None = None
         self.response_headers: httpx.Headers | None = None
         self.error_body: bytes = b""
+        self.error: BaseException | None = None
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
@@ -69,8 +70,8 @@ class Stream:
                 self._opened.set()
                 async for event in source.aiter_sse():
                     await self.events.put(event)
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as exc:
+            self.error = exc
         finally:
             self._opened.set()
             await self.events.put(None)

@@ -54,6 +54,17 @@ async def test_while_redis_is_down_streams_stay_open_publishes_get_503_and_nothi
                 ready = await client.get(f"{node.url}/readyz")
                 assert ready.status_code == 503
                 assert ready.json()["status"] == "degraded"
+                # A new stream: tools get the 503 JSON; an EventSource (which gives up
+                # for good on anything but a 200 stream) gets a retry hint instead.
+                tool = await client.get(f"{node.url}/sse/connect/newcomer")
+                assert tool.status_code == 503
+                assert tool.json()["detail"]
+                browser = await client.get(
+                    f"{node.url}/sse/connect/newcomer", headers={"Accept": "text/event-stream"}
+                )
+                assert browser.status_code == 200
+                assert browser.headers["content-type"].startswith("text/event-stream")
+                assert "retry: " in browser.text
             while time.monotonic() - stopped_at < 2.0:  # a short outage, a few retries long
                 assert await otto.next() is not None, "the stream ended during the outage"
 

@@ -31,10 +31,10 @@ from uvicorn.server import ServerState
 
 from ssehub import events
 from ssehub.api._errors import error_response, json_response
-from ssehub.api.streams import STREAM_HEADERS, check_last_event_id
+from ssehub.api.streams import STREAM_HEADERS, check_last_event_id, unavailable_answer
 from ssehub.auth import Authenticator
 from ssehub.connection import Connection
-from ssehub.exceptions import SsehubError
+from ssehub.exceptions import SsehubError, StoreUnavailable
 from ssehub.hub import Hub
 from ssehub.limits import check_user_id
 
@@ -209,12 +209,21 @@ class StreamProtocol(asyncio.Protocol):
         self._transport.write(b"".join(parts))
         self._transport.close()
 
-    async def open(self, user_id: str, last_event_id: str | None, expires_at: float | None) -> None:
+    async def open(
+        self,
+        user_id: str,
+        last_event_id: str | None,
+        expires_at: float | None,
+        accept: str | None = None,
+    ) -> None:
         """Register the stream with the hub, then answer (the only task of a stream)."""
+        hub = self._front.hub
         try:
-            connection = await self._front.hub.open(
+            connection = await hub.open(
                 user_id, self, last_event_id=last_event_id, expires_at=expires_at
             )
+        except StoreUnavailable as exc:
+            self.refuse(unavailable_answer(exc, accept, hub.retry_ms))
         except SsehubError as exc:
             self.refuse(error_response(exc))
         except Exception:
@@ -323,7 +332,9 @@ class FastHttpProtocol(HttpToolsProtocol):
             return
         remaining = grant.remaining()
         expires_at = None if remaining is None else time.monotonic() + remaining
-        task = self.loop.create_task(stream.open(user_id, resume, expires_at))
+        task = self.loop.create_task(
+            stream.open(user_id, resume, expires_at, headers.get("accept"))
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

@@ -187,4 +187,5 @@ async def test_hundreds_of_abrupt_drops_leave_nothing_behind(start_server: Serve
         body = (await client.get(f"{server.url}/sse/users", params={"status": "connected"})).json()
         assert body["users"] == []
         async with Stream(server.url, "drop1") as again:
-            assert (await again.next_message()) is not None
+            greeting = await again.next_message()
+            assert greeting is not None, (again.status_code, again.error_body, again.error)

@@ -10,11 +10,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from ssehub.api._errors import error_responses, json_response
+from ssehub.api._errors import error_response, error_responses, json_response
 from ssehub.auth import Authenticator, Grant
 from ssehub.connection import Connection
-from ssehub.events import is_event_id
-from ssehub.exceptions import AuthenticationFailed, InvalidInput, PermissionDenied
+from ssehub.events import is_event_id, retry_frame
+from ssehub.exceptions import (
+    AuthenticationFailed,
+    InvalidInput,
+    PermissionDenied,
+    StoreUnavailable,
+)
 from ssehub.hub import Hub
 from ssehub.limits import check_user_id
 
@@ -163,6 +168,22 @@ class EventStreamResponse(Response):
                 return
 
 
+def unavailable_answer(exc: StoreUnavailable, accept: str | None, retry_ms: int) -> Response:
+    """The answer to a stream request the hub cannot serve now (store down, shutting down).
+
+    ``EventSource`` gives up for good on any answer but a 200 event stream, so a client
+    that asks for one (browsers send ``Accept: text/event-stream``) gets an empty stream
+    with a ``retry:`` hint and reconnects by itself; other clients get the 503 JSON.
+    """
+    if accept is None or "text/event-stream" not in accept:
+        return error_response(exc)
+    return Response(
+        b": unavailable, retry later\n" + retry_frame(retry_ms),
+        200,
+        headers=dict(STREAM_HEADERS),
+    )
+
+
 def check_last_event_id(header: str | None, query: str | None) -> str | None:
     """The resume point of a stream: the header wins over the query parameter.
 
@@ -247,12 +268,16 @@ def add_stream_routes(
         access_token: Annotated[
             str | None, Query(description="token, where headers cannot be set")
         ] = None,
+        accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Response:
         resume = check_last_event_id(last_event_id_header, last_event_id)
         remaining = grant.remaining()
         expires_at = None if remaining is None else time.monotonic() + remaining
         sink = AsgiSink(hub.limits.buffer_bytes)
-        connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
+        try:
+            connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
+        except StoreUnavailable as exc:
+            return unavailable_answer(exc, accept, hub.retry_ms)
         return EventStreamResponse(hub, connection, sink)
 
     @router.get(
