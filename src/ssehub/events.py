@@ -101,6 +101,8 @@ def encode_payload(data: object, *, event: str | None = None, is_json: bool = Fa
     if is_json and isinstance(data, bytes):
         return head + b"data: " + data + b"\n"
     if isinstance(data, str):
+        if "\n" not in data and "\r" not in data:  # one line: the common case, no regex
+            return head + b"data: " + _utf8(data) + b"\n"
         text = data
     else:
         raw = data_text(data)
