@@ -161,6 +161,7 @@ class Subscriber:
             ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", host, port, str(count), str(first)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
+        self.dumped = 0  # events handed out by `records` so far
 
     def ask(self, command: str) -> list[str]:
         assert self.proc.stdin is not None
@@ -175,14 +176,14 @@ class Subscriber:
                 "closed": int(closed), "bytes": int(received)}  # fmt: skip
 
     def wait_for(self, events: int, stall: float = 3.0, limit: float = 120.0) -> int:
-        """Wait until ``events`` arrived, nothing arrived for ``stall`` s, or ``limit`` s.
+        """Wait for ``events`` more (since `records`), a pause of ``stall`` s, or ``limit`` s.
 
         What has not arrived by then counts as lost: a server that falls that far behind
         has failed the scenario either way.
         """
         last, since, start = -1, time.monotonic(), time.monotonic()
         while time.monotonic() - start < limit:
-            got = self.stats()["events"]
+            got = self.stats()["events"] - self.dumped
             if got >= events:
                 return got
             if got != last:
@@ -194,7 +195,7 @@ class Subscriber:
 
     def records(self) -> list[tuple[int, int]]:
         with tempfile.NamedTemporaryFile(suffix=".bin") as file:
-            self.ask(f"dump {file.name}")
+            self.dumped += int(self.ask(f"dump {file.name}")[1])
             values = array.array("q")
             values.frombytes(Path(file.name).read_bytes())
         return list(zip(values[0::2], values[1::2], strict=True))
