@@ -1,6 +1,6 @@
 """The benchmark: one command, every server, every scenario; a table and a JSON file.
 
-    .venv/bin/python bench/run.py            # the full run (about 10 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 15 minutes)
     .venv/bin/python bench/run.py --quick    # smaller numbers, under 2 minutes
 
 Each server under test runs pinned to core 0 (``taskset -c 0``); the load tools (a
