@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from ssehub import Hub, LimitExceeded, Limits, MemoryStore, Message, UserState
-from ssehub.events import KEEPALIVE_FRAME
+from ssehub.events import KEEPALIVE_FRAME, StoredEvent
+from ssehub.exceptions import StoreUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -125,3 +127,32 @@ async def test_broadcast_reaches_every_connected_user_with_their_own_ids() -> No
     for sink in sinks.values():
         (frame,) = sink.datas()
         assert frame.endswith(b'event: notice\ndata: {"all":true}\n\n')
+
+
+class BusyStore(MemoryStore):
+    """A memory store that is too busy for its first few appends."""
+
+    def __init__(self, busy_appends: int) -> None:
+        super().__init__()
+        self.busy_appends = busy_appends
+
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
+        if self.busy_appends > 0:
+            self.busy_appends -= 1
+            raise StoreUnavailable("busy")
+        return await super().append_many(items)
+
+
+async def test_an_accepted_broadcast_waits_out_a_busy_store_and_keeps_its_order() -> None:
+    hub = Hub(BusyStore(busy_appends=3))
+    async with hub.running():
+        sinks = [RecordingSink() for _ in range(3)]
+        for index, sink in enumerate(sinks):
+            await hub.open(f"b{index}", sink)
+        for n in range(5):
+            await hub.broadcast(n)
+        async with asyncio.timeout(5):
+            while not all(len(s.datas()) == 5 for s in sinks):
+                await asyncio.sleep(0.01)
+    for sink in sinks:
+        assert [f.split(b"\n")[1] for f in sink.datas()] == [b"data: %d" % n for n in range(5)]

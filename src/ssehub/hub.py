@@ -8,6 +8,7 @@ user on this node.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -29,6 +30,10 @@ from ssehub.stores.base import Store, UserRecord
 logger = logging.getLogger("ssehub.hub")
 
 _PRESENCE_RETRY_SECONDS = 1.0
+_BROADCAST_CHUNK = 1000  # users appended per store round trip
+_BROADCAST_RETRY_SECONDS = 30.0
+_MAX_PENDING_BROADCASTS = 1000
+_CLOSE_DRAIN_SECONDS = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,6 +83,10 @@ class Hub:
         self._presence_dirty: dict[str, list[asyncio.Future[None]]] = {}
         self._presence_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Broadcasts accepted and not yet appended for this node's users (bounded by
+        # _MAX_PENDING_BROADCASTS: past it, broadcast_encoded answers StoreUnavailable).
+        self._broadcasts: collections.deque[tuple[list[str], bytes]] = collections.deque()
+        self._broadcast_wakeup = asyncio.Event()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         store.bind(self)
@@ -99,10 +108,13 @@ class Hub:
         await self.store.start()
         self._spawn(self._keepalive_forever(), "ssehub-keepalive")
         self._spawn(self._presence_forever(), "ssehub-presence")
+        self._spawn(self._broadcast_forever(), "ssehub-broadcast")
 
     async def close(self) -> None:
-        """End every stream with a ``retry:`` hint, flush presence, close the store."""
+        """End every stream with a ``retry:`` hint, flush broadcasts and presence, close."""
         self.shutdown_streams()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain_broadcasts(), _CLOSE_DRAIN_SECONDS)
         await self._write_presence(list(self._presence_dirty))
         for task in list(self._tasks):
             task.cancel()
@@ -163,7 +175,14 @@ class Hub:
         await self.broadcast_encoded(self._encode(data, event))
 
     async def broadcast_encoded(self, payload: bytes) -> None:
-        """Broadcast an already-encoded payload."""
+        """Broadcast an already-encoded payload.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached, or too many broadcasts wait
+                on this node already.
+        """
+        if len(self._broadcasts) >= _MAX_PENDING_BROADCASTS:
+            raise StoreUnavailable("too many broadcasts are waiting; try again shortly")
         await self.store.publish_broadcast(payload)
 
     async def status(self, user_id: str) -> UserStatus:
@@ -209,17 +228,46 @@ class Hub:
         self.stats.delivered += len(streams)
 
     def on_broadcast(self, payload: bytes) -> None:
-        """Append a broadcast for each user connected to this node."""
+        """Queue a broadcast for each user connected to this node now."""
         user_ids = list(self._streams)
         if user_ids:
-            self._spawn(self._append_broadcast(user_ids, payload), "ssehub-broadcast")
+            self._broadcasts.append((user_ids, payload))
+            self._broadcast_wakeup.set()
 
-    async def _append_broadcast(self, user_ids: list[str], payload: bytes) -> None:
-        try:
-            stored = await self.store.append_many([(u, payload) for u in user_ids])
-            self.stats.accepted += len(stored)
-        except StoreUnavailable:
-            logger.warning("broadcast to %d users failed: store unavailable", len(user_ids))
+    async def _broadcast_forever(self) -> None:
+        # One worker, so broadcasts reach each user in the order they were accepted.
+        while True:
+            await self._broadcast_wakeup.wait()
+            self._broadcast_wakeup.clear()
+            await self._drain_broadcasts()
+
+    async def _drain_broadcasts(self) -> None:
+        while self._broadcasts:
+            user_ids, payload = self._broadcasts[0]
+            for start in range(0, len(user_ids), _BROADCAST_CHUNK):
+                chunk = [
+                    (user_id, payload) for user_id in user_ids[start : start + _BROADCAST_CHUNK]
+                ]
+                await self._append_retrying(chunk)
+            self._broadcasts.popleft()
+
+    async def _append_retrying(self, items: list[tuple[str, bytes]]) -> None:
+        # A broadcast was answered 202 already: a store that is busy or briefly away is
+        # waited for (with back-off), not a reason to drop it.
+        delay = 0.05
+        deadline = time.monotonic() + _BROADCAST_RETRY_SECONDS
+        while True:
+            try:
+                stored = await self.store.append_many(items)
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    logger.error("broadcast lost for %d users: %s", len(items), exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            else:
+                self.stats.accepted += len(stored)
+                return
 
     def on_disconnect(self, user_id: str) -> None:
         """Close this node's streams of the user."""
