@@ -95,7 +95,12 @@ async def test_every_accepted_message_survives_a_restart_and_kill_9_of_the_serve
     middle = len(ids) // 2
     async with Stream(restarted.url, "alice", headers={"Last-Event-ID": ids[middle]}) as again:
         rest = await read_until(again, {*ids[middle + 1 :], newest})
-    assert [event_id for event_id, _ in rest] == [*ids[middle + 1 :], newest]
+    rest_ids = [event_id for event_id, _ in rest]
+    assert rest_ids == sorted(rest_ids, key=event_key)
+    # Messages committed just before the kill, whose 202 never reached a publisher, may
+    # follow the acknowledged ones: they are kept too, but only the known ids are compared.
+    known = {*ids, newest}
+    assert [event_id for event_id in rest_ids if event_id in known] == [*ids[middle + 1 :], newest]
 
 
 def test_serve_keeps_messages_in_data_ssehub_db_by_default() -> None:
