@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from ssehub.events import StoredEvent, event_key
 from ssehub.stores._ids import key_to_id, next_key
-from ssehub.stores.base import ReadResult, Retention, Store, UserRecord, UserState
+from ssehub.stores._local import LocalFanout
+from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
 
 _SWEEP_SECONDS = 60.0
 
@@ -37,7 +38,7 @@ class _Presence:
     cursor: str | None = None
 
 
-class MemoryStore(Store):
+class MemoryStore(LocalFanout):
     """Keeps logs and presence in dictionaries of this process.
 
     Appends are synchronous, so ids and delivery order follow call order exactly.
@@ -103,20 +104,6 @@ class MemoryStore(Store):
         start = bisect.bisect_right(log.keys, after)
         reset = log.dropped_key is not None and after < log.dropped_key
         return ReadResult(log.events[start : start + limit], reset=reset)
-
-    async def watch(self, user_id: str) -> None:
-        return None
-
-    async def unwatch(self, user_id: str) -> None:
-        return None
-
-    async def publish_broadcast(self, payload: bytes) -> None:
-        if self._listener is not None:
-            self._listener.on_broadcast(payload)
-
-    async def publish_disconnect(self, user_id: str) -> None:
-        if self._listener is not None:
-            self._listener.on_disconnect(user_id)
 
     async def set_presence(
         self, user_id: str, *, connections: int, cursor: str | None = None

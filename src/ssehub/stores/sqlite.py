@@ -24,9 +24,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores._local import LocalFanout
 from ssehub.stores._sqlite_sql import lock_file
 from ssehub.stores._sqlite_writer import SWEEP_CHUNK, Writer
-from ssehub.stores.base import ReadResult, Retention, Store, UserRecord, UserState
+from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
 
 logger = logging.getLogger("ssehub.stores.sqlite")
 
@@ -36,7 +37,7 @@ SYNCHRONOUS = ("full", "normal", "off")
 _MAX_ROWID = 2**63 - 1
 
 
-class SqliteStore(Store):
+class SqliteStore(LocalFanout):
     """Keeps every user's log and presence in one SQLite file (WAL mode).
 
     Ids are the table's ``INTEGER PRIMARY KEY AUTOINCREMENT`` as decimal strings:
@@ -277,22 +278,6 @@ class SqliteStore(Store):
         # Our ids are "N"; any "N-M" with M > 0 falls between N and N + 1.
         reset = dropped is not None and after < (dropped, 0)
         return ReadResult(rows(after[0]), reset=reset)
-
-    # -- fan-out (one process: straight to the listener) ----------------------------------
-
-    async def watch(self, user_id: str) -> None:
-        return None
-
-    async def unwatch(self, user_id: str) -> None:
-        return None
-
-    async def publish_broadcast(self, payload: bytes) -> None:
-        if self._listener is not None:
-            self._listener.on_broadcast(payload)
-
-    async def publish_disconnect(self, user_id: str) -> None:
-        if self._listener is not None:
-            self._listener.on_disconnect(user_id)
 
     # -- presence ---------------------------------------------------------------------------
 
