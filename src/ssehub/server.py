@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import threading
@@ -108,6 +109,22 @@ def _serve_worker(settings: Settings, sockets: list[socket.socket] | None = None
     server.run(sockets=sockets)
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return it.
+
+    Every stream is an open socket, and the soft limit is often 1,024 while the hard
+    limit is far higher (Go's runtime does the same at start-up).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT.
 
@@ -117,6 +134,7 @@ def serve(settings: Settings) -> None:
     """
     settings.validate()
     configure_logging(settings.log_level, json=settings.log_json)
+    logger.info("open files allowed: %d (each stream holds one)", raise_open_file_limit())
     if settings.auth == "open" and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
             "auth is open and ssehub listens on %s: anyone who can reach it may read any "
