@@ -155,7 +155,7 @@ class Hub:
 
     async def send_many(self, messages: Iterable[Message]) -> list[str]:
         """Send several messages, encoded once each; return their ids in order."""
-        items = [(self._user(m.user_id), self._encode(m.data, m.event)) for m in messages]
+        items = [(self._user(m.user_id), self.encode(m.data, m.event)) for m in messages]
         return await self.send_encoded(items)
 
     async def send_encoded(self, items: list[tuple[str, bytes]]) -> list[str]:
@@ -172,7 +172,7 @@ class Hub:
 
     async def broadcast(self, data: object, *, event: str | None = None) -> None:
         """Send a message to every connected user, on every node."""
-        await self.broadcast_encoded(self._encode(data, event))
+        await self.broadcast_encoded(self.encode(data, event))
 
     async def broadcast_encoded(self, payload: bytes) -> None:
         """Broadcast an already-encoded payload.
@@ -208,7 +208,13 @@ class Hub:
     def _user(self, user_id: str) -> str:
         return check_user_id(user_id, max_length=self.limits.max_user_id_length)
 
-    def _encode(self, data: object, event: str | None) -> bytes:
+    def encode(self, data: object, event: str | None = None) -> bytes:
+        """Encode a message's payload once, refusing one over the payload limit.
+
+        Raises:
+            InvalidInput: the data or event name cannot be sent.
+            PayloadTooLarge: the data is larger than ``limits.max_payload_bytes``.
+        """
         payload = events.encode_payload(data, event=event)
         return check_payload(payload, max_bytes=self.limits.max_payload_bytes)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from ssehub.api._errors import error_responses, json_response
+from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator
 from ssehub.demo import run_long_task, run_object_countdown
 from ssehub.hub import Hub
@@ -22,8 +23,6 @@ _RESULT: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(400, 401, 403, 503),
 }  # fmt: skip
-
-UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]
 
 
 def add_demo_routes(router: APIRouter, hub: Hub, auth: Authenticator, *, step: float) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from ssehub.api._body import message_fields, read_json
 from ssehub.api._errors import error_responses, json_response
+from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator
-from ssehub.events import encode_payload
 from ssehub.exceptions import InvalidInput, PayloadTooLarge
 from ssehub.hub import Hub
-from ssehub.limits import check_payload, check_user_id
+from ssehub.limits import check_user_id
 from ssehub.stores.base import UserState
 
 _DATA_SCHEMA: dict[str, Any] = {
@@ -74,15 +74,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]
-
-
 def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
     """Add the publish and state routes of CONTRACT.md."""
     limits = hub.limits
-
-    def encode(data: Any, event: str | None) -> bytes:
-        return check_payload(encode_payload(data, event=event), max_bytes=limits.max_payload_bytes)
 
     @router.post(
         "/sse/users/{user_id}/messages",
@@ -98,7 +92,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         check_user_id(user_id, max_length=limits.max_user_id_length)
         auth.publisher(request.headers, request.query_params)
         data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
-        (event_id,) = await hub.send_encoded([(user_id, encode(data, event))])
+        (event_id,) = await hub.send_encoded([(user_id, hub.encode(data, event))])
         status = await hub.status(user_id)
         return json_response(
             202, {"id": event_id, "user_id": user_id, "status": status.status.value}
@@ -138,7 +132,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
             if not isinstance(user_id, str):
                 raise InvalidInput(f"{where}: 'user_id' must be a string")
             check_user_id(user_id, max_length=limits.max_user_id_length)
-            items.append((user_id, encode(data, event)))
+            items.append((user_id, hub.encode(data, event)))
         ids = await hub.send_encoded(items)
         return json_response(202, {"ids": ids, "count": len(ids)})
 
@@ -153,7 +147,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
     async def broadcast(request: Request) -> Response:
         auth.publisher(request.headers, request.query_params)
         data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
-        await hub.broadcast_encoded(encode(data, event))
+        await hub.broadcast_encoded(hub.encode(data, event))
         return json_response(202, {"status": "accepted"})
 
     @router.get(

@@ -8,9 +8,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from ssehub.api._errors import error_response, error_responses, json_response
+from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator, Grant
 from ssehub.connection import Connection
 from ssehub.events import is_event_id, retry_frame
@@ -42,8 +43,6 @@ Swagger cannot show a stream; watch it with curl:
 
 or in a browser with `new EventSource('/sse/connect/alice')`.
 """
-
-UserIdPath = Annotated[str, Path(description="the user's id", examples=["alice"])]
 
 
 class AsgiSink:
