@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from ssehub import Hub, LimitExceeded, Limits, MemoryStore, Message, UserState
-from ssehub.events import KEEPALIVE_FRAME, StoredEvent
+from ssehub.events import KEEPALIVE_FRAME
 from ssehub.exceptions import StoreUnavailable
 
 pytestmark = pytest.mark.anyio
@@ -136,11 +136,11 @@ class BusyStore(MemoryStore):
         super().__init__()
         self.busy_appends = busy_appends
 
-    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
         if self.busy_appends > 0:
             self.busy_appends -= 1
             raise StoreUnavailable("busy")
-        return await super().append_many(items)
+        return await super().append_to_all(user_ids, payload)
 
 
 async def test_an_accepted_broadcast_waits_out_a_busy_store_and_keeps_its_order() -> None:

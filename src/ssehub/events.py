@@ -9,7 +9,6 @@ connections.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Final
 
@@ -96,19 +95,28 @@ def encode_payload(data: object, *, event: str | None = None, is_json: bool = Fa
         event: the event name; None leaves it out (``message`` for EventSource).
         is_json: ``data`` is already compact JSON bytes with no line break.
     """
-    check_event_name(event)
-    head = b"event: " + event.encode() + b"\n" if event is not None else b""
+    if event is None:
+        head = b""
+    else:
+        check_event_name(event)
+        head = b"event: " + event.encode() + b"\n"
     if is_json and isinstance(data, bytes):
         return head + b"data: " + data + b"\n"
     if isinstance(data, str):
         if "\n" not in data and "\r" not in data:  # one line: the common case, no regex
             return head + b"data: " + _utf8(data) + b"\n"
         text = data
-    else:
+    elif isinstance(data, (bytes, bytearray, memoryview)):
         raw = data_text(data)
-        if b"\n" not in raw and b"\r" not in raw:
+        if raw.find(b"\n") < 0 and raw.find(b"\r") < 0:  # find: faster than `in` on bytes
             return head + b"data: " + raw + b"\n"
         text = raw.decode()
+    else:
+        # Compact JSON escapes every control character: it is always one line.
+        try:
+            return head + b"data: " + orjson.dumps(data, default=_json_default) + b"\n"
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            raise InvalidInput(f"data is not JSON-serialisable: {exc}") from exc
     lines = _LINE_BREAK.split(text)
     return head + b"".join(b"data: " + _utf8(line) + b"\n" for line in lines)
 
@@ -117,7 +125,7 @@ def frame(event_id: str | None, payload: bytes) -> bytes:
     """Return a dispatchable frame: optional ``id:`` line, the payload, a blank line."""
     if event_id is None:
         return payload + b"\n"
-    return b"id: " + event_id.encode() + b"\n" + payload + b"\n"
+    return b"id: %b\n%b\n" % (event_id.encode(), payload)
 
 
 def text_frame(text: str, *, event: str | None = None) -> bytes:
@@ -155,20 +163,46 @@ def event_key(event_id: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """One message in a user's log: its id and its encoded payload."""
+    """One message in a user's log: its id and its encoded payload.
 
-    id: str
-    payload: bytes
+    Created once per append and read on every delivery, so it is a plain slotted class:
+    its order key is given by the store that made the id (or parsed once from it), and
+    its frame is built on first use and then shared, by every stream of the user and,
+    for a broadcast, by every user.
 
-    @property
-    def key(self) -> tuple[int, int]:
-        """The order key of `id` (see `event_key`)."""
-        # On every delivery: a store's own id is not checked against the pattern again.
-        major, _, minor = self.id.partition("-")
-        return int(major), int(minor or 0)
+    Attributes:
+        id: the event id, ``"N"`` or ``"N-M"``.
+        payload: the encoded ``event:`` and ``data:`` lines (see `encode_payload`).
+        key: the order key of `id` (see `event_key`).
+    """
+
+    __slots__ = ("_frame", "id", "key", "payload")
+
+    def __init__(self, id: str, payload: bytes, key: tuple[int, int] | None = None) -> None:
+        self.id = id
+        self.payload = payload
+        if key is None:
+            # A store's own id is not checked against the pattern again.
+            major, _, minor = id.partition("-")
+            key = int(major), int(minor or 0)
+        self.key = key
+        self._frame: bytes | None = None
 
     def frame(self) -> bytes:
-        """The full frame of this event, with its ``id:`` line."""
-        return frame(self.id, self.payload)
+        """The full frame of this event, with its ``id:`` line (built once)."""
+        data = self._frame
+        if data is None:
+            data = self._frame = b"id: %b\n%b\n" % (self.id.encode(), self.payload)
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self.id == other.id and self.payload == other.payload
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.payload))
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(id={self.id!r}, payload={self.payload!r})"

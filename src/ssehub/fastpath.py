@@ -51,6 +51,8 @@ def chunk(data: bytes) -> bytes:
 
 
 _KEEPALIVE_CHUNK = chunk(events.KEEPALIVE_FRAME)
+# The last frame chunked and its chunk: a broadcast writes one frame to every stream.
+_last_chunked: list[bytes] = [b"", b""]
 
 
 class FastStreams:
@@ -116,7 +118,6 @@ class StreamProtocol(asyncio.Protocol):
     __slots__ = (
         "_cors",
         "_front",
-        "_limit",
         "_pending",
         "_slow",
         "_state",
@@ -135,7 +136,9 @@ class StreamProtocol(asyncio.Protocol):
     ) -> None:
         self._transport = transport
         self._front = front
-        self._limit = front.hub.limits.buffer_bytes
+        # The transport tells when its buffer passes the bound (pause_writing), so a
+        # write needs no check of its own.
+        transport.set_write_buffer_limits(high=front.hub.limits.buffer_bytes)
         self._state = state
         self._cors = cors
         self._pending: list[bytes] | None = []
@@ -153,12 +156,16 @@ class StreamProtocol(asyncio.Protocol):
         if self._pending is not None:
             self._pending.append(data)
             return True
-        transport = self._transport
-        transport.write(_KEEPALIVE_CHUNK if data is events.KEEPALIVE_FRAME else chunk(data))
-        if transport.get_write_buffer_size() > self._limit:
-            self._slow = True
-            return False
-        return True
+        if data is _last_chunked[0]:  # a broadcast: the same frame for every stream
+            out = _last_chunked[1]
+        elif data is events.KEEPALIVE_FRAME:
+            out = _KEEPALIVE_CHUNK
+        else:
+            out = chunk(data)
+            _last_chunked[0], _last_chunked[1] = data, out
+        # Over the bound, the transport calls pause_writing before write returns.
+        self._transport.write(out)
+        return not self._slow
 
     def close(self, final: bytes | None = None) -> None:
         """End the response after ``final``; a slow consumer's socket is dropped at once."""
@@ -233,6 +240,13 @@ class StreamProtocol(asyncio.Protocol):
             self.opened(connection)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        # The client does not read what it is sent: the hub closes it as a slow consumer.
+        self._slow = True
+
+    def resume_writing(self) -> None:
+        self._slow = False
 
     def data_received(self, data: bytes) -> None:
         # A client has nothing to say on an event stream; anything it sends is ignored.

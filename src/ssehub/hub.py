@@ -251,28 +251,26 @@ class Hub:
         while self._broadcasts:
             user_ids, payload = self._broadcasts[0]
             for start in range(0, len(user_ids), _BROADCAST_CHUNK):
-                chunk = [
-                    (user_id, payload) for user_id in user_ids[start : start + _BROADCAST_CHUNK]
-                ]
-                await self._append_retrying(chunk)
+                await self._append_retrying(user_ids[start : start + _BROADCAST_CHUNK], payload)
+                await asyncio.sleep(0)  # let publishers and new streams in between chunks
             self._broadcasts.popleft()
 
-    async def _append_retrying(self, items: list[tuple[str, bytes]]) -> None:
+    async def _append_retrying(self, user_ids: list[str], payload: bytes) -> None:
         # A broadcast was answered 202 already: a store that is busy or briefly away is
         # waited for (with back-off), not a reason to drop it.
         delay = 0.05
         deadline = time.monotonic() + _BROADCAST_RETRY_SECONDS
         while True:
             try:
-                stored = await self.store.append_many(items)
+                appended = await self.store.append_to_all(user_ids, payload)
             except StoreUnavailable as exc:
                 if time.monotonic() >= deadline:
-                    logger.error("broadcast lost for %d users: %s", len(items), exc)
+                    logger.error("broadcast lost for %d users: %s", len(user_ids), exc)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             else:
-                self.stats.accepted += len(stored)
+                self.stats.accepted += appended
                 return
 
     def on_disconnect(self, user_id: str) -> None:

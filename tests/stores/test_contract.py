@@ -202,6 +202,45 @@ async def test_the_listener_hears_every_append_of_a_watched_user_in_id_order(
     assert [event for user, event in listener.events if user == "bob"] == [stored[1]]
 
 
+async def test_append_to_all_gives_each_user_the_payload_once_after_their_own_events(
+    store: Store, listener: RecordingListener
+) -> None:
+    for user in ("alice", "bob", "carol"):
+        await store.watch(user)
+    before = await store.append_many([("alice", b"data: a1\n"), ("bob", b"data: b1\n")])
+    assert await store.append_to_all(["alice", "bob", "carol"], b"data: all\n") == 3
+    after = await store.append("alice", b"data: a2\n")
+    alice = (await store.read_after("alice", None, limit=10)).events
+    assert [event.payload for event in alice] == [b"data: a1\n", b"data: all\n", b"data: a2\n"]
+    assert strictly_increasing([event.id for event in alice])
+    assert alice[0] == before[0]
+    assert alice[-1] == after
+    bob = (await store.read_after("bob", before[1].id, limit=10)).events
+    assert [event.payload for event in bob] == [b"data: all\n"]
+    carol = (await store.read_after("carol", None, limit=10)).events
+    assert [event.payload for event in carol] == [b"data: all\n"]
+    await listener.wait_until(lambda: len(listener.events) >= 6)
+    heard = [(user, event.payload) for user, event in listener.events]
+    assert sorted(heard) == sorted(
+        [("alice", b"data: a1\n"), ("bob", b"data: b1\n"), ("alice", b"data: all\n"),
+         ("bob", b"data: all\n"), ("carol", b"data: all\n"), ("alice", b"data: a2\n")]
+    )  # fmt: skip
+    assert listener.ids_of("alice") == [event.id for event in alice]
+
+
+async def test_a_long_run_of_appends_keeps_exactly_the_newest_by_count(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(retention=Retention(max_events=5))
+    stored = [await store.append("alice", f"data: {i}\n".encode()) for i in range(300)]
+    kept = await store.read_after("alice", None, limit=100)
+    assert kept.events == stored[-5:]
+    assert not (await store.read_after("alice", stored[-6].id, limit=100)).reset
+    assert (await store.read_after("alice", stored[-7].id, limit=100)).reset
+    assert (await store.read_after("alice", stored[-3].id, limit=100)).events == stored[-2:]
+    assert (await store.get_user("alice")).pending <= 5
+
+
 async def test_concurrent_appends_for_one_user_lose_nothing_and_stay_in_id_order(
     store: Store, listener: RecordingListener
 ) -> None:

@@ -124,17 +124,27 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
             raise InvalidInput('body must be {"messages": [...]}')
         if len(messages) > limits.max_batch:
             raise PayloadTooLarge(f"a batch holds at most {limits.max_batch} messages")
-        items: list[tuple[str, bytes]] = []
-        for index, message in enumerate(messages):
-            where = f"messages[{index}]"
-            data, event = message_fields(message, where=where)
-            user_id = message.get("user_id")
-            if not isinstance(user_id, str):
-                raise InvalidInput(f"{where}: 'user_id' must be a string")
-            check_user_id(user_id, max_length=limits.max_user_id_length)
-            items.append((user_id, hub.encode(data, event)))
-        ids = await hub.send_encoded(items)
+        ids = await hub.send_encoded(batch_items(messages))
         return json_response(202, {"ids": ids, "count": len(ids)})
+
+    def batch_items(messages: list[Any]) -> list[tuple[str, bytes]]:
+        # Per message: the hot path of publishing, so the checks are inline and an
+        # error's wording is worked out only when there is one.
+        items: list[tuple[str, bytes]] = []
+        encode = hub.encode
+        max_length = limits.max_user_id_length
+        for index, message in enumerate(messages):
+            if type(message) is not dict or "data" not in message:
+                message_fields(message, where=f"messages[{index}]")  # raises the reason
+            user_id = message.get("user_id")
+            if type(user_id) is not str:
+                raise InvalidInput(f"messages[{index}]: 'user_id' must be a string")
+            event = message.get("event")
+            if event is not None and type(event) is not str:
+                raise InvalidInput(f"messages[{index}]: 'event' must be a string")
+            check_user_id(user_id, max_length=max_length)
+            items.append((user_id, encode(message["data"], event)))
+        return items
 
     @router.post(
         "/sse/broadcast",

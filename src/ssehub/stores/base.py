@@ -130,6 +130,14 @@ class Store(abc.ABC):
         listener of every node watching the users is told about them in id order.
         """
 
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
+        """Append one payload to each user's log (a broadcast); return how many.
+
+        Each user gets the payload once, as with `append_many`. A store that can give
+        every copy the same id overrides this, so the frame is built once for all.
+        """
+        return len(await self.append_many([(user_id, payload) for user_id in user_ids]))
+
     async def append(self, user_id: str, payload: bytes) -> StoredEvent:
         """Append one event for a user; see `append_many`."""
         (event,) = await self.append_many([(user_id, payload)])

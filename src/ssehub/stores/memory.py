@@ -10,25 +10,41 @@ import time
 from collections.abc import Sequence
 
 from ssehub.events import StoredEvent, event_key
-from ssehub.stores._ids import key_to_id, next_key
 from ssehub.stores._local import LocalFanout
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
 
 _SWEEP_SECONDS = 60.0
 
 
+_COMPACT_AFTER = 64  # dropped entries a log holds before it is compacted
+
+
 @dataclasses.dataclass(slots=True)
 class _Log:
+    """One user's events; the kept ones are ``events[start:]``.
+
+    Retention moves ``start`` and removes the dropped entries in bulk, so a full log
+    costs no list shift on every append.
+    """
+
     keys: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     events: list[StoredEvent] = dataclasses.field(default_factory=list)
+    start: int = 0
     last_key: tuple[int, int] | None = None
     dropped_key: tuple[int, int] | None = None  # newest key retention has dropped
+
+    @property
+    def kept(self) -> int:
+        return len(self.keys) - self.start
 
     def drop_first(self, count: int) -> None:
         if count <= 0:
             return
-        self.dropped_key = self.keys[count - 1]
-        del self.keys[:count], self.events[:count]
+        self.start += count
+        self.dropped_key = self.keys[self.start - 1]
+        if self.start >= _COMPACT_AFTER and 2 * self.start >= len(self.keys):
+            del self.keys[: self.start], self.events[: self.start]
+            self.start = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,6 +66,9 @@ class MemoryStore(LocalFanout):
         self._logs: dict[str, _Log] = {}
         self._users: dict[str, _Presence] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._last_key: tuple[int, int] | None = None
+        self._id_prefix = ""  # "<ms>-" of _last_key
+        self._max_age_ms = int(self.retention.max_age * 1000)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="ssehub-memory-sweep")
@@ -65,30 +84,62 @@ class MemoryStore(LocalFanout):
         return None
 
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
-        stored: list[tuple[str, StoredEvent]] = []
-        for user_id, payload in items:
-            log = self._logs.get(user_id)
-            if log is None:
-                log = self._logs[user_id] = _Log()
-            key = next_key(log.last_key)
-            event = StoredEvent(key_to_id(key), payload)
-            log.keys.append(key)
-            log.events.append(event)
-            log.last_key = key
-            self._trim(log, key[0])
-            stored.append((user_id, event))
+        stored: list[StoredEvent] = []
         listener = self._listener
-        if listener is not None:
-            for user_id, event in stored:
+        for user_id, payload in items:
+            event = self._new_event(payload)
+            self._append(user_id, event)
+            stored.append(event)
+            if listener is not None:
                 listener.on_event(user_id, event)
-        return [event for _, event in stored]
+        return stored
+
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
+        # One event, one id and so one frame for every user: a broadcast costs a list
+        # append and a write per user.
+        event = self._new_event(payload)
+        listener = self._listener
+        for user_id in user_ids:
+            self._append(user_id, event)
+            if listener is not None:
+                listener.on_event(user_id, event)
+        return len(user_ids)
+
+    def _new_event(self, payload: bytes) -> StoredEvent:
+        # Ids are "<ms>-<seq>". Keys increase across the whole store, not only per user,
+        # so one key can be given to a broadcast's copies in every user's log; the time
+        # part makes a restarted store's ids larger than those it gave out before, so a
+        # client's old Last-Event-ID never hides new events.
+        last = self._last_key
+        now_ms = time.time_ns() // 1_000_000
+        if last is None or now_ms > last[0]:
+            key = (now_ms, 0)
+            self._id_prefix = f"{now_ms}-"
+        else:
+            key = (last[0], last[1] + 1)
+        self._last_key = key
+        return StoredEvent(self._id_prefix + str(key[1]), payload, key)
+
+    def _append(self, user_id: str, event: StoredEvent) -> None:
+        log = self._logs.get(user_id)
+        if log is None:
+            log = self._logs[user_id] = _Log()
+        key = event.key
+        log.keys.append(key)
+        log.events.append(event)
+        log.last_key = key
+        if (
+            len(log.keys) - log.start > self.retention.max_events
+            or log.keys[log.start][0] < key[0] - self._max_age_ms
+        ):
+            self._trim(log, key[0])
 
     def _trim(self, log: _Log, now_ms: int) -> None:
-        excess = len(log.keys) - self.retention.max_events
-        oldest_allowed = now_ms - int(self.retention.max_age * 1000)
+        excess = log.kept - self.retention.max_events
+        oldest_allowed = now_ms - self._max_age_ms
         expired = 0
-        if log.keys and log.keys[0][0] < oldest_allowed:  # on every append: bisect only if needed
-            expired = bisect.bisect_left(log.keys, (oldest_allowed, 0))
+        if log.kept and log.keys[log.start][0] < oldest_allowed:
+            expired = bisect.bisect_left(log.keys, (oldest_allowed, 0), lo=log.start) - log.start
         if excess > 0 or expired:
             log.drop_first(max(excess, expired))
 
@@ -96,12 +147,13 @@ class MemoryStore(LocalFanout):
         log = self._logs.get(user_id)
         if log is None:
             return ReadResult([], reset=after_id is not None)
+        first = log.start
         if after_id is None:
-            return ReadResult(log.events[:limit])
+            return ReadResult(log.events[first : first + limit])
         after = event_key(after_id)
         if log.last_key is None or after > log.last_key:
-            return ReadResult(log.events[:limit], reset=True)
-        start = bisect.bisect_right(log.keys, after)
+            return ReadResult(log.events[first : first + limit], reset=True)
+        start = bisect.bisect_right(log.keys, after, lo=first)
         reset = log.dropped_key is not None and after < log.dropped_key
         return ReadResult(log.events[start : start + limit], reset=reset)
 
@@ -128,7 +180,9 @@ class MemoryStore(LocalFanout):
         pending = 0
         if log is not None:
             cursor = presence.cursor if presence is not None else None
-            start = bisect.bisect_right(log.keys, event_key(cursor)) if cursor else 0
+            start = log.start
+            if cursor:
+                start = bisect.bisect_right(log.keys, event_key(cursor), lo=start)
             pending = len(log.keys) - start
         if presence is None:
             return UserRecord(user_id, False, 0, None, None, pending)
@@ -166,5 +220,5 @@ class MemoryStore(LocalFanout):
             now_ms = time.time_ns() // 1_000_000
             for user_id, log in list(self._logs.items()):
                 self._trim(log, now_ms)
-                if not log.keys and user_id not in self._users:
+                if not log.kept and user_id not in self._users:
                     del self._logs[user_id]
