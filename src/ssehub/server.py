@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import logging
 import multiprocessing
@@ -43,6 +44,15 @@ class HubServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
         self.hub = hub
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # What exists once the server is up (modules, the app, its routes and models)
+        # lives as long as the process: keep it out of the cyclic collector's full
+        # passes, which would otherwise walk it all and stall every stream for tens of
+        # milliseconds at a time.
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.hub.request_shutdown()
