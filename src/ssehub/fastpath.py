@@ -75,6 +75,7 @@ class FastStreams:
     ) -> None:
         self.hub = hub
         self.auth = auth
+        self.batch = WriteBatch()
         self._origins = frozenset(cors_origins)
         self._credentials = cors_credentials
         self._stream_head = b"".join(
@@ -107,6 +108,34 @@ class FastStreams:
         return b"".join(parts)
 
 
+class WriteBatch:
+    """Streams written to during one event-loop step, flushed together at its end.
+
+    A publish request delivers to many streams in one step. Sending each socket's
+    bytes as they come spreads the system calls between Python work, and every one
+    then wakes a reader that had gone back to sleep; sent together at the end of the
+    step, they cost one ``transport.write`` per stream however many frames it got.
+    """
+
+    __slots__ = ("_scheduled", "_streams")
+
+    def __init__(self) -> None:
+        self._streams: list[StreamProtocol] = []
+        self._scheduled = False
+
+    def add(self, stream: StreamProtocol) -> None:
+        self._streams.append(stream)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.flush()
+
+
 class StreamProtocol(asyncio.Protocol):
     """One stream's socket once taken over: the transport's protocol and the `FrameSink`.
 
@@ -119,6 +148,7 @@ class StreamProtocol(asyncio.Protocol):
         "_cors",
         "_front",
         "_pending",
+        "_queued",
         "_slow",
         "_state",
         "_transport",
@@ -142,6 +172,7 @@ class StreamProtocol(asyncio.Protocol):
         self._state = state
         self._cors = cors
         self._pending: list[bytes] | None = []
+        self._queued: list[bytes] | None = None  # chunks waiting for the batch's flush
         self._slow = False
         self.connection: Connection | None = None
         self.closed = False
@@ -163,9 +194,22 @@ class StreamProtocol(asyncio.Protocol):
         else:
             out = chunk(data)
             _last_chunked[0], _last_chunked[1] = data, out
-        # Over the bound, the transport calls pause_writing before write returns.
-        self._transport.write(out)
+        queued = self._queued
+        if queued is None:
+            self._queued = [out]
+            self._front.batch.add(self)
+        else:
+            queued.append(out)
+        # Over the bound, the transport calls pause_writing as a flush writes.
         return not self._slow
+
+    def flush(self) -> None:
+        """Send what this loop step wrote to the stream, in one ``transport.write``."""
+        queued, self._queued = self._queued, None
+        if queued and not self.lost:
+            self._transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+            if self._slow and self.connection is not None:
+                self._front.hub.drop_slow(self.connection)  # at once, not at the next write
 
     def close(self, final: bytes | None = None) -> None:
         """End the response after ``final``; a slow consumer's socket is dropped at once."""
@@ -182,6 +226,7 @@ class StreamProtocol(asyncio.Protocol):
             # Its buffer is full and may never drain: do not wait for it.
             self._transport.abort()
             return
+        self.flush()
         self._transport.write(chunk(final) + _LAST_CHUNK if final else _LAST_CHUNK)
         self._transport.close()
 

@@ -229,7 +229,7 @@ class Hub:
         key = event.key
         for connection in streams:
             if not connection.deliver(key, data):
-                self._drop_slow(connection)
+                self.drop_slow(connection)
         self._delivered_ids[user_id] = event.id
         self.stats.delivered += len(streams)
 
@@ -279,7 +279,8 @@ class Hub:
         for connection in list(self._streams.get(user_id, ())):
             connection.close(final)
 
-    def _drop_slow(self, connection: Connection) -> None:
+    def drop_slow(self, connection: Connection) -> None:
+        """Close a stream whose client does not read what it is sent."""
         self.stats.dropped_slow += 1
         logger.info("closing slow consumer of user %r", connection.user_id)
         connection.close()
@@ -379,7 +380,7 @@ class Hub:
         backlog, connection.backlog = connection.backlog or [], None
         for key, data in backlog:
             if not connection.deliver(key, data):
-                self._drop_slow(connection)
+                self.drop_slow(connection)
                 break
 
     def release(self, connection: Connection) -> None:
@@ -467,4 +468,4 @@ class Hub:
                 if connection.expires_at is not None and now >= connection.expires_at:
                     connection.close(events.text_frame("token expired", event="expired"))
                 elif not connection.sink.write(events.KEEPALIVE_FRAME):
-                    self._drop_slow(connection)
+                    self.drop_slow(connection)
