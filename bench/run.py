@@ -81,13 +81,18 @@ def servers(keepalive: float, workdir: Path, redis_url: str | None) -> list[Serv
         Server("portable", "ssehub portable, memory",
                [*hub, "--port", "{port}", "--store", "memory://", "--portable"]),
         Server("fast-sqlite", "ssehub fast, sqlite",
-               [*hub, "--port", "{port}", "--store", f"sqlite:///{workdir}/bench.db"]),
+               [*hub, "--port", "{port}", "--store", f"sqlite:///{workdir}/fast.db"]),
+        Server("portable-sqlite", "ssehub portable, sqlite",
+               [*hub, "--port", "{port}", "--store", f"sqlite:///{workdir}/portable.db",
+                "--portable"]),
     ]  # fmt: skip
     if redis_url:
-        found.append(
+        found += [
             Server("fast-redis", "ssehub fast, redis",
-                   [*hub, "--port", "{port}", "--store", redis_url])
-        )  # fmt: skip
+                   [*hub, "--port", "{port}", "--store", redis_url]),
+            Server("portable-redis", "ssehub portable, redis",
+                   [*hub, "--port", "{port}", "--store", redis_url, "--portable"]),
+        ]  # fmt: skip
     return found
 
 
@@ -373,13 +378,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     for label, path, _ in ROWS:
         cells = []
         base = pick(results.get("baseline", {}), path)
+        top = pick(results.get("ceiling", {}), path)
         for name in names:
             value = pick(results[name], path)
             cell = fmt(value)
-            if value and base and name not in ("baseline", "ceiling") and "lost" not in label:
-                cell += f" ({value / base:.2g}x)"
+            if value and name not in ("baseline", "ceiling") and "lost" not in label:
+                ratios = [
+                    f"{tag} {value / ref:.2g}x" for tag, ref in (("b", base), ("c", top)) if ref
+                ]
+                cell += f" ({', '.join(ratios)})" if ratios else ""
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        "\nIn brackets: the ratio to the baseline (b) and to the ceiling (c) of the same run."
+    )
     return "\n".join(lines)
 
 
@@ -441,7 +453,7 @@ def main() -> None:
         for server in servers(sizes.keepalive, Path(workdir), redis_url):
             if args.only and server.name not in args.only:
                 continue
-            if server.name == "fast-redis" and redis_url:
+            if server.name.endswith("-redis") and redis_url:
                 with contextlib.suppress(OSError):
                     subprocess.run(["redis-cli", "-u", redis_url, "flushdb"], capture_output=True)
             print(f"== {server.label}", file=sys.stderr, flush=True)
