@@ -133,7 +133,10 @@ class WriteBatch:
         self._scheduled = False
         streams, self._streams = self._streams, []
         for stream in streams:
-            stream.flush()
+            try:
+                stream.flush()
+            except Exception:  # one broken socket must not hold back the others
+                logger.exception("writing to a stream failed")
 
 
 class StreamProtocol(asyncio.Protocol):
