@@ -13,6 +13,7 @@ from ssehub import __version__
 from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
 from ssehub.api.metrics import add_metrics_route
+from ssehub.api.streams import StreamEndpoint, StreamFront
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
 from ssehub.exceptions import ConfigurationError
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.settings = settings
     app.state.auth = auth
+    # Streams are answered before routing, inside the middleware added below.
+    app.add_middleware(StreamFront, endpoint=StreamEndpoint(hub, auth))
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ssehub.api._errors import error_response, error_responses, json_response
+from ssehub.api._errors import SsehubRoute, error_response, error_responses, json_response
 from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator, Grant
-from ssehub.connection import Connection
 from ssehub.events import is_event_id, retry_frame
 from ssehub.exceptions import (
     AuthenticationFailed,
     InvalidInput,
     PermissionDenied,
+    SsehubError,
     StoreUnavailable,
 )
 from ssehub.hub import Hub
@@ -29,6 +31,8 @@ STREAM_HEADERS: Mapping[str, str] = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
 }
+CONNECT_PATH = "/sse/connect/"
+_RAW_HEADERS = tuple((name.encode(), value.encode()) for name, value in STREAM_HEADERS.items())
 
 STREAM_DESCRIPTION = """\
 Opens a `text/event-stream` for the user. The first event is `User '{user_id}' connected`,
@@ -56,7 +60,7 @@ class AsgiSink:
     """
 
     __slots__ = (
-        "_chunks", "_limit", "_size", "_wakeup", "closed", "limit", "overflowed", "sender"
+        "_chunks", "_limit", "_size", "_waiter", "closed", "limit", "overflowed", "sender"
     )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
@@ -64,7 +68,7 @@ class AsgiSink:
         self._size = 0
         self._limit = 1 << 62  # unbounded until `live`
         self.limit = limit
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.overflowed = False
         self.sender: asyncio.Task[Any] | None = None
@@ -77,7 +81,7 @@ class AsgiSink:
             return False
         self._chunks.append(data)
         self._size += len(data)
-        self._wakeup.set()
+        self.wake()
         return True
 
     def close(self, final: bytes | None = None) -> None:
@@ -85,7 +89,7 @@ class AsgiSink:
             if final:
                 self._chunks.append(final)
             self.closed = True
-            self._wakeup.set()
+            self.wake()
             if self.overflowed and self.sender is not None:
                 self.sender.cancel()  # blocked in send() to a client that does not read
 
@@ -93,11 +97,21 @@ class AsgiSink:
         """The response has started: bound the queue from now on."""
         self._limit = self.limit
 
-    async def take(self) -> bytes:
-        """Wait for bytes (or the close) and return everything queued."""
-        await self._wakeup.wait()
-        self._wakeup.clear()
-        return self.take_nowait()
+    @property
+    def ready(self) -> bool:
+        """Whether there is something to send: bytes, or the end of the response."""
+        return self.closed or bool(self._chunks)
+
+    def wake(self, _: object = None) -> None:
+        """Wake the task in `wait` (also a future's done callback)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future the next `wake` resolves: a write, the close, or the client's side."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     def take_nowait(self) -> bytes:
         """Return everything queued, without waiting."""
@@ -105,66 +119,251 @@ class AsgiSink:
         return b"".join(chunks)
 
 
-class EventStreamResponse(Response):
-    """Streams a registered `Connection` until either side ends it."""
+class ClientWatch:
+    """Notices ``http.disconnect`` without a task of its own.
 
-    def __init__(self, hub: Hub, connection: Connection, sink: AsgiSink) -> None:
+    An ASGI server reports a client that left only through ``receive()``, which a
+    stream would otherwise await in a second task. Here the stream's one task runs the
+    ``receive()`` awaitable itself, a step at a time: `left` advances it as far as it
+    goes without waiting, and whatever it then waits on wakes the sink's `waiter` when
+    done. Between steps the task pumps frames, so one task both writes and listens.
+    """
+
+    __slots__ = ("_blocked", "_receive", "_steps", "_wake", "gone")
+
+    def __init__(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        self._receive = receive
+        self._wake = wake
+        self._steps: Coroutine[Any, Any, Message] | Generator[Any, None, Message] | None = None
+        self._blocked: asyncio.Future[Any] | None = None
+        self.gone = False
+
+    def left(self) -> bool:
+        """Run ``receive()`` until it waits; True once it said ``http.disconnect``."""
+        while not self.gone and (self._blocked is None or self._blocked.done()):
+            if self._steps is None:
+                awaitable = self._receive()
+                if isinstance(awaitable, Coroutine):
+                    self._steps = awaitable  # stepped as is: no wrapper to keep
+                else:
+                    self._steps = awaitable.__await__()
+            self._blocked = None
+            try:
+                yielded = self._steps.send(None)
+            except StopIteration as stop:
+                self._steps = None
+                self.gone = stop.value["type"] == "http.disconnect"
+                continue  # "http.request" (the request's body): receive again
+            if yielded is None:  # a bare yield: go on at the loop's next turn
+                loop = asyncio.get_running_loop()
+                yielded = loop.create_future()
+                loop.call_soon(yielded.set_result, None)
+            else:  # what a Task does with a future its coroutine waits on
+                yielded._asyncio_future_blocking = False
+            yielded.add_done_callback(self._wake)
+            self._blocked = yielded
+        return self.gone
+
+    def close(self) -> None:
+        """Stop listening: close the pending ``receive()`` (its ``finally`` blocks run)."""
+        if self._blocked is not None:
+            self._blocked.remove_done_callback(self._wake)
+            self._blocked = None
+        if self._steps is not None:
+            steps, self._steps = self._steps, None
+            with contextlib.suppress(RuntimeError):
+                steps.close()
+
+
+StreamOpening = tuple[str | None, float | None, str | None]
+"""What a stream request asks once checked: ``(last_event_id, expires_at, accept)``."""
+
+
+async def serve_stream(
+    hub: Hub,
+    user_id: str,
+    opening: StreamOpening,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Open a stream with the hub and answer with it until either side ends it.
+
+    The only coroutine a portable stream keeps of its own: it registers the stream
+    (or answers the refusal), writes what the sink queues, notices the client leaving
+    (`ClientWatch`) and releases the connection from the hub at the end.
+    """
+    resume, expires_at, accept = opening
+    sink = AsgiSink(hub.limits.buffer_bytes)
+    try:
+        connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
+    except StoreUnavailable as exc:
+        await unavailable_answer(exc, accept, hub.retry_ms)(scope, receive, send)
+        return
+    except SsehubError as exc:
+        await error_response(exc)(scope, receive, send)
+        return
+    task = asyncio.current_task()
+    client = ClientWatch(receive, sink.wake)
+    released = False
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": list(_RAW_HEADERS)})
+        sink.live()
+        while True:
+            if client.left():
+                if sink.overflowed:
+                    return
+                sink.close()  # the client left: end the response
+            if sink.overflowed:
+                # A client that does not read. ASGI cannot drop a connection, and ending
+                # the response would wait for the client to read what is buffered: free
+                # the stream's place in the hub now, then wait for the client to go.
+                if not released:
+                    released = True
+                    sink.take_nowait()
+                    hub.release(connection)
+                await sink.waiter()
+            elif sink.ready:
+                body = sink.take_nowait()
+                final = sink.closed
+                sink.sender = task
+                try:
+                    await send({"type": "http.response.body", "body": body, "more_body": not final})
+                except asyncio.CancelledError:
+                    if not sink.overflowed or task is None or task.uncancel() > 0:
+                        raise
+                finally:
+                    sink.sender = None
+                if final and not sink.overflowed:
+                    return
+            else:
+                await sink.waiter()
+    except OSError:
+        pass  # the client went away mid-write
+    finally:
+        client.close()
+        hub.release(connection)
+
+
+def check_stream_request(
+    grant: Grant,
+    last_event_id_header: str | None,
+    last_event_id: str | None,
+    accept: str | None,
+) -> StreamOpening:
+    """The resume point and deadline of an allowed stream request.
+
+    Raises:
+        InvalidInput: a malformed ``Last-Event-ID``.
+    """
+    resume = check_last_event_id(last_event_id_header, last_event_id)
+    remaining = grant.remaining()
+    expires_at = None if remaining is None else time.monotonic() + remaining
+    return resume, expires_at, accept
+
+
+class EventStreamResponse(Response):
+    """Opens and streams a checked stream request (see `serve_stream`)."""
+
+    def __init__(self, hub: Hub, user_id: str, opening: StreamOpening) -> None:
         # Not Response.__init__: it would add "content-length: 0" for the empty body.
         self.status_code = 200
         self.background = None
-        self.raw_headers = [(k.encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
+        self.raw_headers = list(_RAW_HEADERS)
         self._hub = hub
-        self._connection = connection
-        self._sink = sink
+        self._user_id = user_id
+        self._opening = opening
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        return serve_stream(self._hub, self._user_id, self._opening, scope, receive, send)
+
+
+class StreamEndpoint:
+    """``GET /sse/connect/{user_id}`` as a bare ASGI application.
+
+    It checks the user id, the credentials (`Authenticator.subscriber`) and
+    ``Last-Event-ID`` as the documented FastAPI route does and answers the same JSON
+    errors; the stream is then the request's own coroutine, `serve_stream`. No
+    ``Request``, dependency results or exit stacks are held while it is open, and
+    calling the endpoint adds no coroutine of its own (`stream_route`).
+    """
+
+    __slots__ = ("_auth", "_hub")
+
+    def __init__(self, hub: Hub, auth: Authenticator) -> None:
+        self._hub = hub
+        self._auth = auth
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        return self.serve(scope["path_params"]["user_id"], scope, receive, send)
+
+    def serve(
+        self, user_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None]:
+        """Answer the stream request of ``user_id`` (the path's, decoded)."""
+        hub = self._hub
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        query_string: bytes = scope.get("query_string", b"")
+        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            self._sink.live()
-            await self._pump(send, watcher)
-        except OSError:
-            pass  # the client went away mid-write; the watcher notices too
-        finally:
-            self._sink.sender = None
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            self._hub.release(self._connection)
+            check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+            grant = self._auth.subscriber(user_id, headers, query)
+            opening = check_stream_request(
+                grant,
+                headers.get("last-event-id"),
+                query.get("last_event_id"),
+                headers.get("accept"),
+            )
+        except SsehubError as exc:
+            return error_response(exc)(scope, receive, send)
+        return serve_stream(hub, user_id, opening, scope, receive, send)
 
-    async def _pump(self, send: Any, watcher: asyncio.Task[None]) -> None:
-        sink = self._sink
-        task = asyncio.current_task()
-        try:
-            while True:
-                body = await sink.take()
-                if sink.overflowed:
-                    break
-                sink.sender = task
-                if sink.closed:
-                    body += sink.take_nowait()
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
-                    return
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                sink.sender = None
-        except asyncio.CancelledError:
-            if not sink.overflowed or task is None or task.uncancel() > 0:
-                raise
-        # A client that does not read. ASGI cannot drop a connection, and ending the
-        # response would wait for the client to read what is buffered: free the
-        # stream's place in the hub now, then wait for the client to go.
-        sink.sender = None
-        sink.take_nowait()
-        self._hub.release(self._connection)
-        await watcher
 
-    async def _watch_disconnect(self, receive: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._sink.close()
-                return
+class StreamFront:
+    """ASGI middleware that answers ``GET /sse/connect/{user_id}`` before the app routes.
+
+    `ssehub serve` adds it inside the app's own middleware (CORS included), so a stream
+    still passes through them, but not through FastAPI's routing, exception handling
+    and exit stacks, which would otherwise stay suspended for the stream's whole life.
+    Any other request, and a path that is not one segment after ``/sse/connect/``,
+    goes on to the app, whose route documents the stream and answers the same way.
+    """
+
+    def __init__(self, app: ASGIApp, endpoint: StreamEndpoint) -> None:
+        self.app = app
+        self._endpoint = endpoint
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            if root_path and path.startswith(root_path + "/"):
+                path = path[len(root_path) :]
+            if path.startswith(CONNECT_PATH):
+                user_id = path[len(CONNECT_PATH) :]
+                if user_id and "/" not in user_id:
+                    return self._endpoint.serve(user_id, scope, receive, send)
+        return self.app(scope, receive, send)
+
+
+def stream_route(endpoint: StreamEndpoint) -> type[SsehubRoute]:
+    """A route class: documented as its FastAPI endpoint, served by ``endpoint``.
+
+    The route keeps FastAPI's OpenAPI entry (parameters, responses, tag), while a
+    request is handed straight to the bare ASGI ``endpoint``, so an open stream holds
+    no FastAPI request chain. A class per endpoint, as FastAPI may rebuild a route
+    from its class when a router is included.
+    """
+
+    class StreamRoute(SsehubRoute):
+        def handle(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+            if self.methods is None or scope["method"] in self.methods:
+                return endpoint(scope, receive, send)
+            return super().handle(scope, receive, send)  # 405
+
+    return StreamRoute
 
 
 def unavailable_answer(exc: StoreUnavailable, accept: str | None, retry_ms: int) -> Response:
@@ -242,19 +441,10 @@ def add_stream_routes(
 ) -> None:
     """Add the connect and disconnect routes (``identify``: see `subscriber_dependency`)."""
     subscriber = subscriber_dependency(hub, auth, identify)
+    # Without a host-app dependency to run, requests are served by the bare ASGI
+    # endpoint and the FastAPI endpoint below only documents the route.
+    route_class = SsehubRoute if identify is not None else stream_route(StreamEndpoint(hub, auth))
 
-    @router.get(
-        "/sse/connect/{user_id}",
-        summary="Open the user's event stream",
-        description=STREAM_DESCRIPTION,
-        response_class=Response,
-        responses={
-            200: {"content": {"text/event-stream": {"example": "data: User 'alice' connected\n\n"}},
-                  "description": "The event stream (never ends by itself)."},
-            **error_responses(400, 401, 403, 429, 503),
-        },
-        tags=["streams"],
-    )  # fmt: skip
     async def connect(
         user_id: UserIdPath,
         grant: Grant = Depends(subscriber),  # noqa: B008
@@ -269,15 +459,24 @@ def add_stream_routes(
         ] = None,
         accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Response:
-        resume = check_last_event_id(last_event_id_header, last_event_id)
-        remaining = grant.remaining()
-        expires_at = None if remaining is None else time.monotonic() + remaining
-        sink = AsgiSink(hub.limits.buffer_bytes)
-        try:
-            connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
-        except StoreUnavailable as exc:
-            return unavailable_answer(exc, accept, hub.retry_ms)
-        return EventStreamResponse(hub, connection, sink)
+        opening = check_stream_request(grant, last_event_id_header, last_event_id, accept)
+        return EventStreamResponse(hub, user_id, opening)
+
+    router.add_api_route(
+        "/sse/connect/{user_id}",
+        connect,
+        methods=["GET"],
+        summary="Open the user's event stream",
+        description=STREAM_DESCRIPTION,
+        response_class=Response,
+        responses={
+            200: {"content": {"text/event-stream": {"example": "data: User 'alice' connected\n\n"}},
+                  "description": "The event stream (never ends by itself)."},
+            **error_responses(400, 401, 403, 429, 503),
+        },
+        tags=["streams"],
+        route_class_override=route_class,
+    )  # fmt: skip
 
     @router.get(
         "/sse/disconnect/{user_id}",
@@ -298,4 +497,13 @@ def add_stream_routes(
         return Response(status_code=200)
 
 
-__all__ = ["AsgiSink", "EventStreamResponse", "add_stream_routes", "json_response"]
+__all__ = [
+    "AsgiSink",
+    "ClientWatch",
+    "EventStreamResponse",
+    "StreamEndpoint",
+    "StreamFront",
+    "add_stream_routes",
+    "json_response",
+    "serve_stream",
+]

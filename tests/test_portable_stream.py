@@ -1,0 +1,120 @@
+"""What an open portable stream keeps: one task, and no FastAPI request chain.
+
+Each case runs a real uvicorn server in the test's own loop, opens streams over
+sockets, then looks at the tasks of the loop: a stream must be its ASGI task alone (no
+disconnect watcher beside it), and that task must not be suspended inside FastAPI's
+``request_response`` (its ``Request``, dependency results and exit stacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from ssehub import Hub, MemoryStore, create_router
+from ssehub.app import create_app
+from ssehub.server import uvicorn_config
+from ssehub.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.anyio
+
+STREAMS = 3
+
+
+class ReadyServer(uvicorn.Server):
+    """A uvicorn server in the test's own loop that says when it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def serving(config: uvicorn.Config) -> AsyncIterator[ReadyServer]:
+    server = ReadyServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            await server.ready.wait()
+        yield server
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+
+
+def served_app(port: int) -> tuple[uvicorn.Config, Hub]:
+    """``ssehub serve --portable`` under a root path, as behind a proxy."""
+    settings = Settings(store="memory://", port=port, keepalive=60, portable=True)
+    app = create_app(settings)
+    config = uvicorn_config(settings, app)
+    config.root_path = "/hub"
+    return config, app.state.hub
+
+
+def library_app(port: int) -> tuple[uvicorn.Config, Hub]:
+    """ssehub's router included under a prefix in another FastAPI app."""
+    hub = Hub(MemoryStore(), keepalive=60)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub.running():
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(create_router(hub, demo=False), prefix="/hub")
+    config = uvicorn.Config(app, port=port, http="httptools", log_config=None, access_log=False)
+    return config, hub
+
+
+def awaited_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines ``task`` is suspended in, outermost first."""
+    names = []
+    coro: Any = task.get_coro()
+    while asyncio.iscoroutine(coro):
+        names.append(coro.cr_code.co_qualname)
+        coro = coro.cr_await
+    return names
+
+
+@pytest.mark.parametrize(
+    ("make", "path"), [(served_app, "/sse/connect/"), (library_app, "/hub/sse/connect/")]
+)
+async def test_an_open_portable_stream_is_one_task_outside_fastapis_request_chain(
+    make: Callable[[int], tuple[uvicorn.Config, Hub]], path: str
+) -> None:
+    port = free_port()
+    config, hub = make(port)
+    async with serving(config) as server, contextlib.AsyncExitStack() as sockets:
+        await asyncio.sleep(0.1)
+        before = asyncio.all_tasks()
+        for i in range(STREAMS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            sockets.callback(writer.close)
+            writer.write(f"GET {path}u{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            async with asyncio.timeout(5):
+                await reader.readuntil(f"data: User 'u{i}' connected\n\n".encode())
+        await asyncio.sleep(0.2)
+        new = asyncio.all_tasks() - before
+        assert hub.open_streams == STREAMS
+        assert len(new) == STREAMS, [awaited_chain(task) for task in new]
+        assert new == server.server_state.tasks  # uvicorn's ASGI tasks, nothing beside
+        for task in new:
+            chain = awaited_chain(task)
+            assert "serve_stream" in chain, chain
+            assert not [name for name in chain if "request_response" in name], chain
+    async with asyncio.timeout(5):
+        while hub.open_streams:
+            await asyncio.sleep(0.02)
