@@ -330,6 +330,20 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
 
 SCENARIOS = {"idle": idle, "unicast": unicast, "broadcast": broadcast}
 
+
+def run_scenario(
+    scenario: str, proc: subprocess.Popen[bytes], url: str, sizes: Sizes
+) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        found = SCENARIOS[scenario](proc, url, sizes)
+    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+        found = {"error": str(exc)}
+    took = time.monotonic() - started
+    print(f"   {scenario} ({took:.1f} s): {json.dumps(found)}", file=sys.stderr, flush=True)
+    return found
+
+
 # -- the report -----------------------------------------------------------------------------
 
 ROWS = [
@@ -458,16 +472,13 @@ def main() -> None:
                     subprocess.run(["redis-cli", "-u", redis_url, "flushdb"], capture_output=True)
             print(f"== {server.label}", file=sys.stderr, flush=True)
             found: dict[str, Any] = {}
-            with running(server, Path(workdir) / f"{server.name}.log") as (proc, url):
-                for scenario in scenarios:
-                    started = time.monotonic()
-                    try:
-                        found[scenario] = SCENARIOS[scenario](proc, url, sizes)
-                    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
-                        found[scenario] = {"error": str(exc)}
-                    took = time.monotonic() - started
-                    print(f"   {scenario} ({took:.1f} s): {json.dumps(found[scenario])}",
-                          file=sys.stderr, flush=True)  # fmt: skip
+            try:
+                with running(server, Path(workdir) / f"{server.name}.log") as (proc, url):
+                    for scenario in scenarios:
+                        found[scenario] = run_scenario(scenario, proc, url, sizes)
+            except RuntimeError as exc:  # the server did not start: say why, run the others
+                print(f"   not run: {exc}", file=sys.stderr, flush=True)
+                found = {"error": str(exc)}
             results[server.name] = found
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
