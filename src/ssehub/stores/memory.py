@@ -18,6 +18,12 @@ _SWEEP_SECONDS = 60.0
 
 _COMPACT_AFTER = 64  # dropped entries a log holds before it is compacted
 
+# Kept events and presence are plain tuples of strings, bytes and numbers: the cyclic
+# garbage collector stops tracking such tuples, so a store holding a million events
+# adds nothing to its full passes (objects would, and stall every stream while walked).
+_Entry = tuple[str, bytes]  # (event id, payload)
+_Presence = tuple[int, float, str | None]  # (connections, last seen, cursor)
+
 
 @dataclasses.dataclass(slots=True)
 class _Log:
@@ -28,7 +34,7 @@ class _Log:
     """
 
     keys: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    events: list[StoredEvent] = dataclasses.field(default_factory=list)
+    events: list[_Entry] = dataclasses.field(default_factory=list)
     start: int = 0
     last_key: tuple[int, int] | None = None
     dropped_key: tuple[int, int] | None = None  # newest key retention has dropped
@@ -36,6 +42,14 @@ class _Log:
     @property
     def kept(self) -> int:
         return len(self.keys) - self.start
+
+    def read(self, start: int, limit: int) -> list[StoredEvent]:
+        entries = self.events[start : start + limit]
+        keys = self.keys[start : start + limit]
+        return [
+            StoredEvent(event_id, payload, key)
+            for (event_id, payload), key in zip(entries, keys, strict=True)
+        ]
 
     def drop_first(self, count: int) -> None:
         if count <= 0:
@@ -45,13 +59,6 @@ class _Log:
         if self.start >= _COMPACT_AFTER and 2 * self.start >= len(self.keys):
             del self.keys[: self.start], self.events[: self.start]
             self.start = 0
-
-
-@dataclasses.dataclass(slots=True)
-class _Presence:
-    connections: int = 0
-    last_seen: float | None = None
-    cursor: str | None = None
 
 
 class MemoryStore(LocalFanout):
@@ -88,7 +95,7 @@ class MemoryStore(LocalFanout):
         listener = self._listener
         for user_id, payload in items:
             event = self._new_event(payload)
-            self._append(user_id, event)
+            self._append(user_id, event.key, (event.id, payload))
             stored.append(event)
             if listener is not None:
                 listener.on_event(user_id, event)
@@ -98,9 +105,10 @@ class MemoryStore(LocalFanout):
         # One event, one id and so one frame for every user: a broadcast costs a list
         # append and a write per user.
         event = self._new_event(payload)
+        entry = (event.id, payload)
         listener = self._listener
         for user_id in user_ids:
-            self._append(user_id, event)
+            self._append(user_id, event.key, entry)
             if listener is not None:
                 listener.on_event(user_id, event)
         return len(user_ids)
@@ -120,13 +128,12 @@ class MemoryStore(LocalFanout):
         self._last_key = key
         return StoredEvent(self._id_prefix + str(key[1]), payload, key)
 
-    def _append(self, user_id: str, event: StoredEvent) -> None:
+    def _append(self, user_id: str, key: tuple[int, int], entry: _Entry) -> None:
         log = self._logs.get(user_id)
         if log is None:
             log = self._logs[user_id] = _Log()
-        key = event.key
         log.keys.append(key)
-        log.events.append(event)
+        log.events.append(entry)
         log.last_key = key
         if (
             len(log.keys) - log.start > self.retention.max_events
@@ -149,52 +156,44 @@ class MemoryStore(LocalFanout):
             return ReadResult([], reset=after_id is not None)
         first = log.start
         if after_id is None:
-            return ReadResult(log.events[first : first + limit])
+            return ReadResult(log.read(first, limit))
         after = event_key(after_id)
         if log.last_key is None or after > log.last_key:
-            return ReadResult(log.events[first : first + limit], reset=True)
+            return ReadResult(log.read(first, limit), reset=True)
         start = bisect.bisect_right(log.keys, after, lo=first)
         reset = log.dropped_key is not None and after < log.dropped_key
-        return ReadResult(log.events[start : start + limit], reset=reset)
+        return ReadResult(log.read(start, limit), reset=reset)
 
     async def set_presence(
         self, user_id: str, *, connections: int, cursor: str | None = None
     ) -> None:
-        presence = self._users.get(user_id)
-        if presence is None:
-            presence = self._users[user_id] = _Presence()
-        presence.connections = connections
-        presence.last_seen = time.time()
-        if cursor is not None:
-            presence.cursor = cursor
+        known = self._users.get(user_id)
+        if cursor is None and known is not None:
+            cursor = known[2]
+        self._users[user_id] = (connections, time.time(), cursor)
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         now = time.time()
+        users = self._users
         for user_id in user_ids:
-            presence = self._users.get(user_id)
+            presence = users.get(user_id)
             if presence is not None:
-                presence.last_seen = now
+                users[user_id] = (presence[0], now, presence[2])
 
     def _record(self, user_id: str, presence: _Presence | None) -> UserRecord:
         log = self._logs.get(user_id)
         pending = 0
         if log is not None:
-            cursor = presence.cursor if presence is not None else None
+            cursor = presence[2] if presence is not None else None
             start = log.start
             if cursor:
                 start = bisect.bisect_right(log.keys, event_key(cursor), lo=start)
             pending = len(log.keys) - start
         if presence is None:
             return UserRecord(user_id, False, 0, None, None, pending)
-        if presence.connections > 0:
-            pending = 0
+        connections, last_seen, cursor = presence
         return UserRecord(
-            user_id,
-            True,
-            presence.connections,
-            presence.last_seen,
-            presence.cursor,
-            pending,
+            user_id, True, connections, last_seen, cursor, 0 if connections > 0 else pending
         )
 
     async def get_user(self, user_id: str) -> UserRecord:
