@@ -297,6 +297,20 @@ static int take_response(Conn *c, int *status) {
     return 1;
 }
 
+static int pub_connect(int ep, Conn *c, long index) {
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0) {
+        perror("connect");
+        return 1;
+    }
+    fcntl(c->fd, F_SETFL, O_NONBLOCK);
+    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)index};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e);
+    return 0;
+}
+
 static int pub_main(int argc, char **argv) {
     int broadcast = !strcmp(argv[4], "broadcast");
     if (argc < (broadcast ? 7 : 10)) {
@@ -319,16 +333,7 @@ static int pub_main(int argc, char **argv) {
     Conn *cs = calloc(conns, sizeof(Conn));
     int ep = epoll_create1(0);
     for (long i = 0; i < conns; i++) {
-        cs[i].fd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(cs[i].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(cs[i].fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0) {
-            perror("connect");
-            return 1;
-        }
-        fcntl(cs[i].fd, F_SETFL, O_NONBLOCK);
-        struct epoll_event e = {.events = EPOLLIN, .data.u64 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &e);
+        if (pub_connect(ep, &cs[i], i)) return 1;
     }
     body_buf = malloc(64 * batch + 4096);
     char head[512];
@@ -386,8 +391,16 @@ static int pub_main(int argc, char **argv) {
             ssize_t r = read(c->fd, c->in + c->in_len, sizeof c->in - c->in_len);
             if (r <= 0) {
                 if (r < 0 && errno == EAGAIN) continue;
-                fprintf(stderr, "publisher connection closed\n");
-                return 1;
+                if (c->busy) {
+                    fprintf(stderr, "publisher connection closed with a request unanswered\n");
+                    return 1;
+                }
+                /* the server closed an idle keep-alive connection: open another */
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->in_len = 0;
+                if (pub_connect(ep, c, evs[e].data.u64)) return 1;
+                continue;
             }
             c->in_len += r;
             int status;
