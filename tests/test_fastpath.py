@@ -52,6 +52,29 @@ async def test_a_fast_stream_is_chunked_and_starts_with_the_greeting(
         assert await read_until(reader, GREETING + b"\r\n") == chunk(GREETING)
 
 
+@pytest.mark.parametrize(
+    ("request_head", "answer"),
+    [
+        (b"GET /sse/connect/ann HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+         b"HTTP/1.1 200 OK"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK"),
+        (b"GET /sse/connect/ann HTTP/1.1\r\nHost x\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+    ],
+    ids=["stream", "app", "malformed"],
+)  # fmt: skip
+async def test_a_first_request_sent_a_byte_at_a_time_is_served_as_usual(
+    start_server: ServerFactory, request_head: bytes, answer: bytes
+) -> None:
+    # The first request's head is read by the fast path's own parser: in pieces, it
+    # is either taken as a stream or handed whole to uvicorn (which answers a 400).
+    server = start_server()
+    async with raw(server.url) as (reader, writer):
+        for byte in request_head:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        assert (await read_until(reader, b"\r\n")).startswith(answer)
+
+
 async def test_a_stream_opened_on_a_reused_connection_is_served(
     start_server: ServerFactory,
 ) -> None:

@@ -320,6 +320,65 @@ class StreamProtocol(asyncio.Protocol):
             self.close(final)
 
 
+def stream_target(
+    url: bytes, parser: httptools.HttpRequestParser, root_path: str
+) -> tuple[str, bytes] | None:
+    """``(user_id, query)`` if a request whose head is parsed opens a fast stream."""
+    if not url.startswith(_CONNECT_PREFIX_BYTES) or root_path:
+        return None
+    if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
+        return None  # HTTP/1.0 has no chunked encoding: the app answers it
+    if parser.should_upgrade():
+        return None
+    try:
+        parsed = httptools.parse_url(url)
+        path = parsed.path.decode("ascii")
+    except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+        return None
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    user_id = path[len(CONNECT_PREFIX) :]
+    if not user_id or "/" in user_id:
+        return None  # the app answers with its 404 or redirect
+    return user_id, parsed.query or b""
+
+
+def take_over(
+    transport: asyncio.Transport,
+    front: FastStreams,
+    state: ServerState,
+    target: tuple[str, bytes],
+    raw_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Make the connection a `StreamProtocol` and open its stream (or refuse it)."""
+    user_id, query_string = target
+    headers: dict[str, str] = {}
+    for name, value in raw_headers:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    stream = StreamProtocol(transport, front, state, front.cors_headers(headers))
+    state.connections.add(stream)  # type: ignore[arg-type]
+    transport.set_protocol(stream)
+    if not transport.is_reading():
+        transport.resume_reading()  # a paused socket would hide the client leaving
+    query: dict[str, str] = {}
+    if query_string:
+        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    try:
+        check_user_id(user_id, max_length=front.hub.limits.max_user_id_length)
+        grant = front.auth.subscriber(user_id, headers, query)
+        resume = check_last_event_id(headers.get("last-event-id"), query.get("last_event_id"))
+    except SsehubError as exc:
+        stream.refuse(error_response(exc))
+        return
+    remaining = grant.remaining()
+    expires_at = None if remaining is None else time.monotonic() + remaining
+    task = asyncio.get_running_loop().create_task(
+        stream.open(user_id, resume, expires_at, headers.get("accept"))
+    )
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
+
+
 class FastHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, taking over stream requests (see the module doc)."""
 
@@ -329,11 +388,14 @@ class FastHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._taken:
             return
-        target = self._stream_target()
-        if target is None:
-            super().on_headers_complete()
+        target = stream_target(self.url, self.parser, self.root_path)
+        if target is not None and (self.cycle is None or self.cycle.response_complete):
+            # (not when pipelined behind a request still being answered)
+            self._taken = True
+            self.connections.discard(self)
+            take_over(self.transport, self.streams, self.server_state, target, self.headers)
         else:
-            self._take_over(*target)
+            super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._taken:
@@ -347,61 +409,107 @@ class FastHttpProtocol(HttpToolsProtocol):
         if not self._taken:  # the socket is the stream's now
             super().send_400_response(msg)
 
-    def _stream_target(self) -> tuple[str, bytes] | None:
-        """``(user_id, query)`` if this request opens a stream the fast path serves."""
-        url: bytes = self.url
-        if not url.startswith(_CONNECT_PREFIX_BYTES) or self.root_path:
-            return None
-        parser = self.parser
-        if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
-            return None  # HTTP/1.0 has no chunked encoding: the app answers it
-        if parser.should_upgrade():
-            return None
-        if self.cycle is not None and not self.cycle.response_complete:
-            return None  # pipelined behind a request still being answered
-        try:
-            parsed = httptools.parse_url(url)
-            path = parsed.path.decode("ascii")
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            return None
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        user_id = path[len(CONNECT_PREFIX) :]
-        if not user_id or "/" in user_id:
-            return None  # the app answers with its 404 or redirect
-        return user_id, parsed.query or b""
 
-    def _take_over(self, user_id: str, query_string: bytes) -> None:
-        self._taken = True
-        front = self.streams
-        transport = self.transport
-        headers: dict[str, str] = {}
-        for name, value in self.headers:
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        stream = StreamProtocol(transport, front, self.server_state, front.cors_headers(headers))
-        self.connections.discard(self)
-        self.connections.add(stream)  # type: ignore[arg-type]
-        transport.set_protocol(stream)
-        if not transport.is_reading():
-            transport.resume_reading()  # a paused socket would hide the client leaving
-        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+_MAX_FIRST_HEAD = 64 * 1024  # bytes of a first request held before uvicorn is handed it
+
+
+class EntryProtocol(asyncio.Protocol):
+    """What uvicorn creates for each connection: it reads the first request's head.
+
+    A stream request becomes a `StreamProtocol` at once, so a stream costs none of
+    uvicorn's per-connection set-up; anything else (and anything this path does not
+    take) is handed, with every byte read so far, to `FastHttpProtocol`, uvicorn's
+    own protocol, which serves it and every later request of the connection (and
+    still takes over a later stream request).
+    """
+
+    streams: ClassVar[FastStreams]
+    http_protocol: ClassVar[type[FastHttpProtocol]]
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._config = config
+        self._state = server_state
+        self._app_state = app_state
+        self._loop = _loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._received: list[bytes] = []
+        self._size = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._target: tuple[str, bytes] | None = None
+        self._head_done = False
+        self.transport: asyncio.Transport | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._state.connections.add(self)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._received.append(data)
+        self._size += len(data)
         try:
-            check_user_id(user_id, max_length=front.hub.limits.max_user_id_length)
-            grant = front.auth.subscriber(user_id, headers, query)
-            resume = check_last_event_id(headers.get("last-event-id"), query.get("last_event_id"))
-        except SsehubError as exc:
-            stream.refuse(error_response(exc))
-            return
-        remaining = grant.remaining()
-        expires_at = None if remaining is None else time.monotonic() + remaining
-        task = self.loop.create_task(
-            stream.open(user_id, resume, expires_at, headers.get("accept"))
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._head_done = True  # uvicorn answers it as it would (a 400, an upgrade)
+        if self._target is not None:
+            self._stream()
+        elif self._head_done or self._size > _MAX_FIRST_HEAD:
+            self._hand_over()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.connections.discard(self)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on a graceful shutdown: nothing was asked yet, so close."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks, for the first request only ---------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        if not self._head_done:
+            self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_done:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if not self._head_done:
+            self._head_done = True
+            self._target = stream_target(self._url, self._parser, self._config.root_path)
+
+    # -- the two ways on -----------------------------------------------------------------
+
+    def _stream(self) -> None:
+        assert self.transport is not None
+        assert self._target is not None
+        self._state.connections.discard(self)
+        take_over(self.transport, self.streams, self._state, self._target, self._headers)
+
+    def _hand_over(self) -> None:
+        assert self.transport is not None
+        self._state.connections.discard(self)
+        http = self.http_protocol(
+            config=self._config,
+            server_state=self._state,
+            app_state=self._app_state,
+            _loop=self._loop,
         )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.transport.set_protocol(http)
+        http.connection_made(self.transport)
+        http.data_received(b"".join(self._received))
 
 
-def fast_protocol(app: FastAPI) -> type[FastHttpProtocol]:
+def fast_protocol(app: FastAPI) -> type[EntryProtocol]:
     """The uvicorn ``http`` protocol class that serves ``app``'s streams the fast way.
 
     ``app`` is built by `ssehub.app.create_app`: its state holds ``hub`` and ``auth``;
@@ -422,7 +530,18 @@ def fast_protocol(app: FastAPI) -> type[FastHttpProtocol]:
     class SsehubHttpProtocol(FastHttpProtocol):
         streams = front
 
-    return SsehubHttpProtocol
+    class SsehubEntryProtocol(EntryProtocol):
+        streams = front
+        http_protocol = SsehubHttpProtocol
+
+    return SsehubEntryProtocol
 
 
-__all__ = ["FastHttpProtocol", "FastStreams", "StreamProtocol", "chunk", "fast_protocol"]
+__all__ = [
+    "EntryProtocol",
+    "FastHttpProtocol",
+    "FastStreams",
+    "StreamProtocol",
+    "chunk",
+    "fast_protocol",
+]
