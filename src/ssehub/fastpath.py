@@ -1,17 +1,21 @@
 """The fast path: ``GET /sse/connect/{user_id}`` served straight from the socket.
 
-`ssehub serve` runs uvicorn with a subclass of its httptools protocol. When the headers
-of a request are complete and it opens a stream, the protocol checks the user id, the
-credentials and ``Last-Event-ID`` exactly as the portable route does, then hands the
-socket's transport to a `StreamProtocol`: a small object that is both the transport's
-protocol and the hub's `FrameSink`. From then on each frame is one ``transport.write``,
-with no ASGI task, ``send`` or queue per message. Every other request (publish, state,
-docs, the demo page, and any stream request this path does not take, such as HTTP/1.0
-or a pipelined one) goes through the FastAPI app as usual, on the same port.
+`ssehub serve` gives uvicorn `EntryProtocol` as its ``http`` protocol class. It reads a
+connection's first request head; a stream request has its user id, credentials and
+``Last-Event-ID`` checked exactly as the portable route does, and the socket's transport
+goes to a `StreamProtocol`: a small object that is both the transport's protocol and
+the hub's `FrameSink`. From then on frames are queued on the stream and written at the
+end of the event-loop step, one ``transport.write`` per stream, with no ASGI task,
+``send`` or queue per message. Any other first request is handed, bytes and all, to
+`FastHttpProtocol`, a subclass of uvicorn's httptools protocol that serves it and the
+connection's later requests through the FastAPI app (publish, state, docs, the demo
+page, and any stream request this path does not take, such as HTTP/1.0 or a pipelined
+one), and still takes over a later stream request.
 
-This relies on uvicorn's ``HttpToolsProtocol`` internals (its parser callbacks and
-``url``, ``headers``, ``cycle``, ``server_state`` attributes), which is why
-``pyproject.toml`` pins uvicorn's version range and the tests exercise the seam.
+This relies on uvicorn internals (the protocol class's constructor, and
+``HttpToolsProtocol``'s parser callbacks and its ``url``, ``headers``, ``cycle``,
+``server_state`` attributes), which is why ``pyproject.toml`` pins uvicorn's version
+range and the tests exercise the seam.
 """
 
 from __future__ import annotations
