@@ -152,6 +152,14 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError("no Pss in smaps_rollup")
 
 
+def slab_kib() -> int:
+    """Kernel slab memory (sockets, files, epoll entries), machine-wide."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -245,12 +253,12 @@ def quantile(values: list[float], q: float) -> float:
 
 def idle(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str, Any]:
     time.sleep(0.5)
-    before = pss_kib(proc.pid)
+    before, slab_before = pss_kib(proc.pid), slab_kib()
     sub = Subscriber(url, sizes.idle_streams, 100_000)
     try:
         _, opened, failed, seconds = sub.ask("wait_open")
         time.sleep(1.0)
-        after = pss_kib(proc.pid)
+        after, slab_after = pss_kib(proc.pid), slab_kib()
         cpu = cpu_seconds(proc.pid)
         time.sleep(sizes.idle_hold)
         cpu = cpu_seconds(proc.pid) - cpu
@@ -263,6 +271,9 @@ def idle(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str, Any
         "failed": int(failed),
         "still_open": int(opened) - stats["closed"],
         "kib_per_stream": (after - before) / max(1, int(opened)),
+        # Both ends of every connection are on this machine: half the growth is the
+        # server's side (a rough figure: other processes allocate too).
+        "kernel_kib_per_stream": (slab_after - slab_before) / 2 / max(1, int(opened)),
         "connects_per_s": int(opened) / float(seconds),
         "keepalive_cpu_pct": 100 * cpu / sizes.idle_hold,
         "keepalives_seen": stats["keepalives"],
@@ -348,6 +359,7 @@ def run_scenario(
 
 ROWS = [
     ("idle: KiB per stream", ("idle", "kib_per_stream"), False),
+    ("idle: kernel KiB per stream", ("idle", "kernel_kib_per_stream"), False),
     ("idle: connects/s", ("idle", "connects_per_s"), True),
     ("idle: keep-alive CPU %", ("idle", "keepalive_cpu_pct"), False),
     ("idle: streams open", ("idle", "still_open"), True),
