@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -26,9 +27,45 @@ def readme_library_example() -> str:
     return match.group(1)
 
 
+MIDDLEWARE_APP = """
+import contextlib
+
+from fastapi import FastAPI, Request
+from ssehub import Hub, MemoryStore, create_router
+
+hub = Hub(MemoryStore(), keepalive=30)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    async with hub.running():
+        yield
+
+
+app = FastAPI(lifespan=lifespan)
+app.include_router(create_router(hub, demo=False))
+
+
+@app.middleware("http")  # Starlette's BaseHTTPMiddleware: receive goes through anyio streams
+async def tag(request: Request, call_next):
+    response = await call_next(request)
+    response.headers["x-host-app"] = "yes"
+    return response
+"""
+
+
 @pytest.fixture
 def host_app_url(tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "hostapp.py").write_text(readme_library_example())
+    yield from serve_host_app(tmp_path, readme_library_example())
+
+
+@pytest.fixture
+def middleware_app_url(tmp_path: Path) -> Iterator[str]:
+    yield from serve_host_app(tmp_path, MIDDLEWARE_APP)
+
+
+def serve_host_app(tmp_path: Path, source: str) -> Iterator[str]:
+    (tmp_path / "hostapp.py").write_text(source)
     port = free_port()
     log = (tmp_path / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
@@ -78,3 +115,20 @@ async def test_the_mounted_router_serves_the_whole_contract(host_app_url: str) -
         async with Stream(host_app_url, "pia") as pia:
             got = await pia.messages(2)
         assert got[1].data == "x"
+
+
+async def test_streams_pass_through_a_host_apps_http_middleware(middleware_app_url: str) -> None:
+    # A host app's @app.middleware("http") wraps receive and send; the stream must still
+    # flow, and a client that leaves must still be noticed with no frames flowing.
+    url = middleware_app_url
+    async with httpx.AsyncClient() as client:
+        async with Stream(url, "quinn") as quinn:
+            assert (await quinn.next_message()) is not None
+            sent = await client.post(f"{url}/sse/users/quinn/messages", json={"data": "through"})
+            assert sent.status_code == 202
+            assert sent.headers["x-host-app"] == "yes"
+            assert (await quinn.next_message()).data == "through"
+            assert (await client.get(f"{url}/sse/users/quinn")).json()["status"] == "connected"
+        async with asyncio.timeout(3):
+            while (await client.get(f"{url}/sse/users/quinn")).json()["status"] != "disconnected":
+                await asyncio.sleep(0.05)

@@ -175,6 +175,43 @@ class ClientWatch:
                 steps.close()
 
 
+class TaskWatch:
+    """Notices ``http.disconnect`` in a task of its own: for any ``receive()``.
+
+    What `ClientWatch` does without a task is only safe for a server's own
+    ``receive()``; one wrapped by the host application's middleware may hold anyio task
+    groups or cancel scopes that must stay in the task that awaits them.
+    """
+
+    __slots__ = ("_task", "gone")
+
+    def __init__(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        self.gone = False
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive, wake))
+
+    async def _watch(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # "http.request": the request's (empty) body
+        self.gone = True
+        wake(None)
+
+    def left(self) -> bool:
+        """True once the client has left."""
+        return self.gone
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._task.cancel()
+
+
+def watch_client(receive: Receive, wake: Callable[[object], None]) -> ClientWatch | TaskWatch:
+    """`ClientWatch` for uvicorn's own ``receive()``, else a `TaskWatch`."""
+    owner = getattr(receive, "__self__", None)
+    if type(owner).__module__.startswith("uvicorn.protocols.http."):
+        return ClientWatch(receive, wake)
+    return TaskWatch(receive, wake)
+
+
 StreamOpening = tuple[str | None, float | None, str | None]
 """What a stream request asks once checked: ``(last_event_id, expires_at, accept)``."""
 
@@ -204,7 +241,7 @@ async def serve_stream(
         await error_response(exc)(scope, receive, send)
         return
     task = asyncio.current_task()
-    client = ClientWatch(receive, sink.wake)
+    client = watch_client(receive, sink.wake)
     released = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": list(_RAW_HEADERS)})
@@ -503,6 +540,7 @@ __all__ = [
     "EventStreamResponse",
     "StreamEndpoint",
     "StreamFront",
+    "TaskWatch",
     "add_stream_routes",
     "json_response",
     "serve_stream",
