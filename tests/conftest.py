@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import signal
@@ -15,8 +16,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class ReadyServer(uvicorn.Server):
+    """A uvicorn server in the test's own loop that says when it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
 
 
 def free_port() -> int:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 
 from ssehub.app import create_app
 from ssehub.fastpath import StreamProtocol, chunk
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
-from tests.conftest import ServerFactory, free_port
+from tests.conftest import ReadyServer, ServerFactory, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -159,18 +157,6 @@ async def test_streams_get_the_same_cors_headers_as_every_other_route(
         for name in ("access-control-allow-origin", "vary"):
             assert answer_headers.get(name) == health.headers.get(name)
     assert stream_headers["access-control-allow-origin"] == "https://app.example"
-
-
-class ReadyServer(uvicorn.Server):
-    """A uvicorn server in the test's own loop that says when it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
 
 
 @pytest.mark.parametrize("portable", [False, True])

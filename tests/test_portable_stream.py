@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,23 +21,11 @@ from ssehub import Hub, MemoryStore, create_router
 from ssehub.app import create_app
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import ReadyServer, free_port
 
 pytestmark = pytest.mark.anyio
 
 STREAMS = 3
-
-
-class ReadyServer(uvicorn.Server):
-    """A uvicorn server in the test's own loop that says when it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
 
 
 @contextlib.asynccontextmanager
