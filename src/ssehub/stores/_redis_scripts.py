@@ -10,6 +10,7 @@ Key layout under a prefix ``P`` (``ARGV[1]`` of every script is ``"P:"``):
 | ``P:b`` / ``P:bc`` | stream / channel | broadcasts |
 | ``P:bd:<id>`` | set | users on several nodes a broadcast was appended for (1 min) |
 | ``P:ctl`` | channel | user ids to disconnect |
+| ``P:n:<node>`` | channel | a node's share of a broadcast (see ``APPEND_ALL``) |
 | ``P:users`` | sorted set | known users (score 0, ordered by id) |
 | ``P:u:<user>`` | hash | ``seen`` (Unix time), ``cursor`` (last delivered id) |
 | ``P:p:<user>`` | hash | node id -> open streams of the user on that node |
@@ -97,6 +98,50 @@ for i = 5, #ARGV, 3 do
   end
 end
 return ids
+"""
+)
+
+# ARGV: prefix, maxlen, slack, ttl_ms, node channel, broadcast id, payload, then the
+# users (this node's). The node's share is "<count>\n", count lines "<id> <user>", then
+# the payload. Appends a broadcast for each user, at most once per user however
+# many nodes append it (as APPEND). A user with streams on this node only is not told on
+# its own channel: one message on the node's channel lists all of them (ids and users)
+# with the payload once; published in the same script, it keeps each user's id order
+# for this node's subscriber. Returns the number of events appended.
+APPEND_ALL: Final = (
+    _HELPERS
+    + """
+local p, maxlen, slack, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local node_channel, broadcast, payload = ARGV[5], ARGV[6], ARGV[7]
+local lines = {}
+local appended = 0
+for i = 8, #ARGV do
+  local user = ARGV[i]
+  local shared = redis.call('HLEN', p .. 'p:' .. user) > 1
+  local fresh = true
+  if broadcast ~= '' and shared then
+    fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
+    redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
+  end
+  if fresh then
+    local stream = p .. 's:' .. user
+    local id = redis.call('XADD', stream, '*', 'p', payload)
+    if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
+    redis.call('PEXPIRE', stream, ttl)
+    redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+    if shared then
+      redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
+    else
+      lines[#lines + 1] = id .. ' ' .. user
+    end
+    appended = appended + 1
+  end
+end
+if #lines > 0 then
+  local share = #lines .. '\\n' .. table.concat(lines, '\\n') .. '\\n' .. payload
+  redis.call('PUBLISH', node_channel, share)
+end
+return appended
 """
 )
 

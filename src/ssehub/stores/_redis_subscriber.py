@@ -58,6 +58,7 @@ class Subscriber:
     Args:
         client: the store's client (for gap fills, and the settings of the connection).
         prefix: key and channel prefix, with its trailing colon.
+        node_channel: this node's own channel (its share of each broadcast).
         errors: the exceptions that mean Redis cannot be reached.
         fill_limit: events read per user when filling a gap (the retention count).
         reconnect_max: longest pause between reconnection attempts, in seconds.
@@ -70,6 +71,7 @@ class Subscriber:
         client: Redis,
         *,
         prefix: str,
+        node_channel: str,
         errors: tuple[type[BaseException], ...],
         fill_limit: int,
         reconnect_max: float,
@@ -88,6 +90,7 @@ class Subscriber:
         self._user_channel = (prefix + "c:").encode()
         self._broadcast_channel = (prefix + "bc").encode()
         self._control_channel = (prefix + "ctl").encode()
+        self._node_channel = node_channel.encode()
         # Users watched by this node -> newest id handed to the listener (or known to
         # be older than anything the subscription will bring): where a gap fill starts.
         self._watched: dict[str, Key | None] = {}
@@ -214,7 +217,7 @@ class Subscriber:
         async with asyncio.timeout(self._timeout * 2):
             await conn.connect()  # type: ignore[no-untyped-call]
         async with self._sub_lock:
-            channels = [self._broadcast_channel, self._control_channel]
+            channels = [self._broadcast_channel, self._control_channel, self._node_channel]
             channels += [self._user_channel + user.encode() for user in self._watched]
             await conn.send_command("SUBSCRIBE", *channels, check_health=False)
             self._conn = conn
@@ -260,6 +263,8 @@ class Subscriber:
                 user_id = channel[len(self._user_channel) :].decode()
                 event_id, _, payload = data.partition(b" ")
                 self._deliver(user_id, event_id, payload)
+            elif channel == self._node_channel:
+                self._deliver_share(data)
             elif channel == self._broadcast_channel:
                 event_id, _, payload = data.partition(b" ")
                 self._deliver_broadcast(event_id, payload)
@@ -284,6 +289,15 @@ class Subscriber:
         self._watched[user_id] = key
         if self.listener is not None:
             self.listener.on_event(user_id, StoredEvent(event_id.decode(), payload))
+
+    def _deliver_share(self, data: bytes) -> None:
+        # "<count>\n", count lines "<id> <user>", then the payload (APPEND_ALL).
+        count, _, rest = data.partition(b"\n")
+        lines = rest.split(b"\n", int(count))
+        payload = lines.pop()
+        for line in lines:
+            event_id, _, user = line.partition(b" ")
+            self._deliver(user.decode(), event_id, payload)
 
     def _deliver_broadcast(self, event_id: bytes, payload: bytes) -> None:
         key = parse_id(event_id)

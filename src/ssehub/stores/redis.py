@@ -89,6 +89,7 @@ class RedisStore(Store):
         self._p = prefix + ":"
         self._control_channel = (self._p + "ctl").encode()
         self._node = uuid.uuid4().hex
+        self._node_channel = f"{self._p}n:{self._node}"
         self._presence_ttl = presence_ttl
         self._tick: float | None = None
         self._last_refresh: float | None = None
@@ -97,13 +98,22 @@ class RedisStore(Store):
         self._stream_ttl_ms = self._max_age_ms + 60_000
         self._scripts = {
             name: client.register_script(getattr(scripts, name))
-            for name in ("APPEND", "BROADCAST", "READ", "SET_PRESENCE", "REFRESH", "USERS")
+            for name in (
+                "APPEND",
+                "APPEND_ALL",
+                "BROADCAST",
+                "READ",
+                "SET_PRESENCE",
+                "REFRESH",
+                "USERS",
+            )
         }
         self._presence_lock = asyncio.Lock()
         self._local_counts: dict[str, int] = {}
         self._subscriber = Subscriber(
             client,
             prefix=self._p,
+            node_channel=self._node_channel,
             errors=self._errors,
             fill_limit=self.retention.max_events,
             reconnect_max=reconnect_max,
@@ -221,6 +231,22 @@ class RedisStore(Store):
                     if raw is not None  # a broadcast another node appended already
                 )
         return stored
+
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
+        # One script call and, for users with streams on this node only, one message
+        # back on this node's channel, instead of one per user.
+        maxlen = self.retention.max_events
+        broadcast = getattr(payload, "broadcast_id", "")
+        head: list[str | bytes | int] = [
+            self._p, maxlen, max(10, maxlen // 10), self._stream_ttl_ms,
+            self._node_channel, broadcast, payload,
+        ]  # fmt: skip
+        appended = 0
+        async with self._errors_as_unavailable():
+            for start in range(0, len(user_ids), _CHUNK):
+                chunk = list(user_ids[start : start + _CHUNK])
+                appended += int(await self._scripts["APPEND_ALL"](args=[*head, *chunk]))
+        return appended
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
         after = ""
