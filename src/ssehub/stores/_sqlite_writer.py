@@ -246,12 +246,16 @@ class Writer:
         now = self._last_created = max(time.time(), self._last_created)
         stored: Appended = []
         added: dict[str, int] = {}
+        cur.executemany(
+            "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
+            [(user_id, now, payload) for user_id, payload in items],
+        )
+        # One writer, one transaction, AUTOINCREMENT: the rows got consecutive ids.
+        (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
+        event_id = last - len(items)
         for user_id, payload in items:
-            cur.execute(
-                "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
-                (user_id, now, payload),
-            )
-            stored.append((user_id, StoredEvent(str(cur.lastrowid), payload)))
+            event_id += 1
+            stored.append((user_id, StoredEvent(str(event_id), payload, (event_id, 0))))
             added[user_id] = added.get(user_id, 0) + 1
         for user_id, count in added.items():
             self._trim_user(cur, user_id, count, now)
