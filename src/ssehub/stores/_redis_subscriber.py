@@ -237,13 +237,23 @@ class Subscriber:
 
     async def _read_forever(self, conn: AbstractConnection) -> None:
         pinger = asyncio.create_task(self._ping_forever(conn), name="ssehub-redis-ping")
+        loop = asyncio.get_running_loop()
+        interval = self._ping_interval
+        silence = 3 * interval  # a healthy link answers a ping every interval
         try:
-            while True:
-                reply = await self._read(conn)
-                try:
-                    self._dispatch(reply)
-                except Exception:  # a listener's bug must not stop delivery to others
-                    logger.exception("handling a redis pub/sub message failed")
+            # One deadline for the whole loop, moved on at most once an interval: a
+            # timeout per message cost more than the message's own handling.
+            async with asyncio.timeout_at(loop.time() + silence) as deadline:
+                while True:
+                    reply = await conn.read_response()
+                    now = loop.time()
+                    when = deadline.when()
+                    if when is not None and when - now < silence - interval:
+                        deadline.reschedule(now + silence)
+                    try:
+                        self._dispatch(reply)
+                    except Exception:  # a listener's bug must not stop delivery to others
+                        logger.exception("handling a redis pub/sub message failed")
         finally:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError, *self._errors):
