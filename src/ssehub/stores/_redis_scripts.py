@@ -66,6 +66,22 @@ local function trim(p, user, maxlen, max_age_ms, ttl)
     redis.call('SET', p .. 'd:' .. user, newest, 'PX', ttl)
   end
 end
+-- Whether this is the first copy of a broadcast for a user (on several nodes, each
+-- node appends a broadcast for the user: only the first does).
+local function first_copy(p, broadcast, user)
+  local fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
+  redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
+  return fresh
+end
+-- Append a payload to a user's stream, trimming in steps of `slack`; return its id.
+local function add(p, user, payload, maxlen, slack, ttl)
+  local stream = p .. 's:' .. user
+  local id = redis.call('XADD', stream, '*', 'p', payload)
+  if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+  return id
+end
 """
 
 # ARGV: prefix, maxlen, slack, ttl_ms, then user, payload, broadcast id triples. Returns
@@ -82,15 +98,10 @@ for i = 5, #ARGV, 3 do
   local fresh = true
   -- Only a user with streams on several nodes needs the check (and its memory).
   if broadcast ~= '' and redis.call('HLEN', p .. 'p:' .. user) > 1 then
-    fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
-    redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
+    fresh = first_copy(p, broadcast, user)
   end
   if fresh then
-    local stream = p .. 's:' .. user
-    local id = redis.call('XADD', stream, '*', 'p', payload)
-    if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
-    redis.call('PEXPIRE', stream, ttl)
-    redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+    local id = add(p, user, payload, maxlen, slack, ttl)
     redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
     ids[#ids + 1] = id
   else
@@ -118,17 +129,8 @@ local appended = 0
 for i = 8, #ARGV do
   local user = ARGV[i]
   local shared = redis.call('HLEN', p .. 'p:' .. user) > 1
-  local fresh = true
-  if broadcast ~= '' and shared then
-    fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
-    redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
-  end
-  if fresh then
-    local stream = p .. 's:' .. user
-    local id = redis.call('XADD', stream, '*', 'p', payload)
-    if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
-    redis.call('PEXPIRE', stream, ttl)
-    redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+  if not (broadcast ~= '' and shared) or first_copy(p, broadcast, user) then
+    local id = add(p, user, payload, maxlen, slack, ttl)
     if shared then
       redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
     else
