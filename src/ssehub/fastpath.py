@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -35,12 +34,16 @@ from uvicorn.server import ServerState
 
 from ssehub import events
 from ssehub.api._errors import error_response, json_response
-from ssehub.api.streams import STREAM_HEADERS, check_last_event_id, unavailable_answer
+from ssehub.api.streams import (
+    STREAM_HEADERS,
+    check_bare_stream_request,
+    request_mappings,
+    unavailable_answer,
+)
 from ssehub.auth import Authenticator
 from ssehub.connection import Connection
 from ssehub.exceptions import SsehubError, StoreUnavailable
 from ssehub.hub import Hub
-from ssehub.limits import check_user_id
 
 logger = logging.getLogger("ssehub.fastpath")
 
@@ -356,29 +359,18 @@ def take_over(
 ) -> None:
     """Make the connection a `StreamProtocol` and open its stream (or refuse it)."""
     user_id, query_string = target
-    headers: dict[str, str] = {}
-    for name, value in raw_headers:
-        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    headers, query = request_mappings(raw_headers, query_string)
     stream = StreamProtocol(transport, front, state, front.cors_headers(headers))
     state.connections.add(stream)  # type: ignore[arg-type]
     transport.set_protocol(stream)
     if not transport.is_reading():
         transport.resume_reading()  # a paused socket would hide the client leaving
-    query: dict[str, str] = {}
-    if query_string:
-        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     try:
-        check_user_id(user_id, max_length=front.hub.limits.max_user_id_length)
-        grant = front.auth.subscriber(user_id, headers, query)
-        resume = check_last_event_id(headers.get("last-event-id"), query.get("last_event_id"))
+        opening = check_bare_stream_request(front.hub, front.auth, user_id, headers, query)
     except SsehubError as exc:
         stream.refuse(error_response(exc))
         return
-    remaining = grant.remaining()
-    expires_at = None if remaining is None else time.monotonic() + remaining
-    task = asyncio.get_running_loop().create_task(
-        stream.open(user_id, resume, expires_at, headers.get("accept"))
-    )
+    task = asyncio.get_running_loop().create_task(stream.open(user_id, *opening))
     state.tasks.add(task)
     task.add_done_callback(state.tasks.discard)
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -299,6 +299,38 @@ def check_stream_request(
     return resume, expires_at, accept
 
 
+def request_mappings(
+    raw_headers: Iterable[tuple[bytes, bytes]], query_string: bytes
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A request's headers (lower-case names, the first of each) and query (the last)."""
+    headers: dict[str, str] = {}
+    for name, value in raw_headers:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    query: dict[str, str] = {}
+    if query_string:
+        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    return headers, query
+
+
+def check_bare_stream_request(
+    hub: Hub,
+    auth: Authenticator,
+    user_id: str,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+) -> StreamOpening:
+    """Check a stream request read without FastAPI: user id, credentials, Last-Event-ID.
+
+    Raises:
+        SsehubError: the answer to give instead (400, 401, 403).
+    """
+    check_user_id(user_id, max_length=hub.limits.max_user_id_length)
+    grant = auth.subscriber(user_id, headers, query)
+    return check_stream_request(
+        grant, headers.get("last-event-id"), query.get("last_event_id"), headers.get("accept")
+    )
+
+
 class EventStreamResponse(Response):
     """Opens and streams a checked stream request (see `serve_stream`)."""
 
@@ -338,24 +370,12 @@ class StreamEndpoint:
         self, user_id: str, scope: Scope, receive: Receive, send: Send
     ) -> Coroutine[Any, Any, None]:
         """Answer the stream request of ``user_id`` (the path's, decoded)."""
-        hub = self._hub
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        query_string: bytes = scope.get("query_string", b"")
-        query = dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        headers, query = request_mappings(scope["headers"], scope.get("query_string", b""))
         try:
-            check_user_id(user_id, max_length=hub.limits.max_user_id_length)
-            grant = self._auth.subscriber(user_id, headers, query)
-            opening = check_stream_request(
-                grant,
-                headers.get("last-event-id"),
-                query.get("last_event_id"),
-                headers.get("accept"),
-            )
+            opening = check_bare_stream_request(self._hub, self._auth, user_id, headers, query)
         except SsehubError as exc:
             return error_response(exc)(scope, receive, send)
-        return serve_stream(hub, user_id, opening, scope, receive, send)
+        return serve_stream(self._hub, user_id, opening, scope, receive, send)
 
 
 class StreamFront:
