@@ -193,7 +193,7 @@ class StoredEvent:
         """The full frame of this event, with its ``id:`` line (built once)."""
         data = self._frame
         if data is None:
-            data = self._frame = b"id: %b\n%b\n" % (self.id.encode(), self.payload)
+            data = self._frame = frame(self.id, self.payload)
         return data
 
     def __eq__(self, other: object) -> bool:

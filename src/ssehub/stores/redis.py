@@ -211,16 +211,20 @@ class RedisStore(Store):
 
     # -- the log ------------------------------------------------------------------
 
-    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
+    def _append_args(self) -> list[str | bytes | int]:
+        """The arguments APPEND and APPEND_ALL begin with: prefix, maxlen, slack, ttl."""
         maxlen = self.retention.max_events
         # Trim in steps of `slack` events, so the cost of finding what to drop is
         # spread over many appends; reads trim exactly.
         slack = max(10, maxlen // 10)
+        return [self._p, maxlen, slack, self._stream_ttl_ms]
+
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
         async with self._errors_as_unavailable():
             for start in range(0, len(items), _CHUNK):
                 chunk = items[start : start + _CHUNK]
-                args: list[str | bytes | int] = [self._p, maxlen, slack, self._stream_ttl_ms]
+                args = self._append_args()
                 for user_id, payload in chunk:
                     broadcast = getattr(payload, "broadcast_id", "")
                     args += (user_id, payload, broadcast)
@@ -235,12 +239,8 @@ class RedisStore(Store):
     async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
         # One script call and, for users with streams on this node only, one message
         # back on this node's channel, instead of one per user.
-        maxlen = self.retention.max_events
         broadcast = getattr(payload, "broadcast_id", "")
-        head: list[str | bytes | int] = [
-            self._p, maxlen, max(10, maxlen // 10), self._stream_ttl_ms,
-            self._node_channel, broadcast, payload,
-        ]  # fmt: skip
+        head = [*self._append_args(), self._node_channel, broadcast, payload]
         appended = 0
         async with self._errors_as_unavailable():
             for start in range(0, len(user_ids), _CHUNK):
