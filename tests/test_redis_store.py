@@ -72,6 +72,17 @@ async def test_events_published_while_the_subscriber_reconnects_arrive_in_order(
     )
 
 
+async def answering_again(store: RedisStore, timeout: float = 10.0) -> None:
+    """Wait until the store answers again after Redis came back."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await store.ping()
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+
+
 async def test_a_store_fails_fast_while_redis_is_down_and_recovers_when_it_returns(
     own_redis: RedisServer, stores: list[RedisStore]
 ) -> None:
@@ -90,13 +101,7 @@ async def test_a_store_fails_fast_while_redis_is_down_and_recovers_when_it_retur
         with pytest.raises(StoreUnavailable):
             await store.watch("wes")
     own_redis.start()
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                await store.ping()
-                break
-            except StoreUnavailable:
-                await asyncio.sleep(0.05)
+    await answering_again(store)
     event = await store.append("vic", b"data: back\n")
     await listener.wait_until(lambda: listener.ids_of("vic") == [event.id])
 
@@ -168,13 +173,7 @@ async def test_after_redis_restarts_empty_new_events_still_get_larger_ids_and_ar
     await listener.wait_until(lambda: listener.ids_of("yan") == [before.id])
     own_redis.stop()  # nothing persisted: Redis comes back empty
     own_redis.start()
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                await store.ping()
-                break
-            except StoreUnavailable:
-                await asyncio.sleep(0.05)
+    await answering_again(store)
     after = await store.append("yan", b"data: after\n")
     await listener.wait_until(lambda: len(listener.ids_of("yan")) == 2)
     assert listener.ids_of("yan") == [before.id, after.id]
