@@ -20,6 +20,8 @@ def _default(field: dataclasses.Field[Any]) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, list):
         return ", ".join(f"`{item}`" for item in value) or "none"
+    if value is None:
+        return "off"
     if value == "":
         return "none"
     return f"`{value}`"

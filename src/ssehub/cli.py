@@ -22,7 +22,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         groups[group_name] = group
         flag = "--" + field.name.replace("_", "-")
         env = ENV_PREFIX + field.name.upper()
-        default = field.default if field.default is not dataclasses.MISSING else "none"
+        default = field.default if field.default not in (dataclasses.MISSING, None) else "none"
         help_text = f"{field.metadata['help']} (env {env}; default {default!s})"
         kind = str(field.type)
         if kind == "bool":
@@ -30,7 +30,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         elif kind.startswith("list"):
             group.add_argument(flag, action="append", default=None, metavar="VALUE", help=help_text)
         else:
-            converter: Any = {"int": int, "float": float}.get(kind, str)
+            converter: Any = {"int": int, "float": float, "float | None": float}.get(kind, str)
             group.add_argument(flag, type=converter, default=None, metavar=field.name.upper(),
                                help=help_text)  # fmt: skip
 

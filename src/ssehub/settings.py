@@ -80,6 +80,20 @@ class Settings:
         [], "origin allowed by CORS (repeatable, * for any)", group="auth"
     )
     cors_credentials: bool = _field(False, "allow credentials in CORS requests", group="auth")
+    webhook_url: str = _field(
+        "", "URL the hub POSTs presence and undelivered-message events to", group="webhooks"
+    )
+    webhook_secret: str = _field(
+        "", "HMAC-SHA256 key of the webhooks' Ssehub-Signature header", group="webhooks"
+    )
+    offline_grace: float = _field(
+        3.0, "seconds a user's last stream stays closed before user.offline", group="webhooks"
+    )
+    undelivered_after: float | None = _field(
+        None,
+        "seconds after which a message no stream received is message.undelivered",
+        group="webhooks",
+    )
     demo_step: float = _field(1.0, "seconds between the demo tasks' messages", group="server")
     log_level: str = _field("info", "debug, info, warning or error", group="server")
     log_json: bool = _field(False, "write logs as JSON lines", group="server")
@@ -126,6 +140,17 @@ class Settings:
             raise ConfigurationError("--ssl-certfile and --ssl-keyfile go together")
         if self.http2 and not self.ssl_certfile:
             raise ConfigurationError("--http2 needs TLS: add --ssl-certfile and --ssl-keyfile")
+        self._validate_webhooks()
+
+    def _validate_webhooks(self) -> None:
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigurationError("--webhook-url needs --webhook-secret to sign the events")
+        if self.webhook_url and not self.webhook_url.lower().startswith(("http://", "https://")):
+            raise ConfigurationError("--webhook-url must be an http:// or https:// URL")
+        if self.offline_grace < 0:
+            raise ConfigurationError("offline_grace must be 0 or more")
+        if self.undelivered_after is not None and self.undelivered_after <= 0:
+            raise ConfigurationError("undelivered_after must be greater than 0")
 
     @property
     def limits(self) -> Limits:
@@ -191,6 +216,8 @@ def parse_value(field: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "float | None":
+            return None if raw.strip().lower() in ("", "off") else float(raw)
         if kind == "bool":
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
