@@ -25,6 +25,7 @@ from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, ServerFull, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
 from ssehub.messenger import Message, UserStatus
+from ssehub.presence import DEFAULT_OFFLINE_GRACE, Presence
 from ssehub.stores.base import Store, UserRecord
 
 logger = logging.getLogger("ssehub.hub")
@@ -60,6 +61,8 @@ class Hub:
         limits: input and connection bounds.
         retry_ms: the reconnection time sent to clients when the hub shuts down.
         replay_batch: events read from the store per round trip during replay.
+        offline_grace: see `Presence`.
+        undelivered_after: see `Presence`.
     """
 
     def __init__(
@@ -70,6 +73,8 @@ class Hub:
         limits: Limits | None = None,
         retry_ms: int = 2000,
         replay_batch: int = 1000,
+        offline_grace: float = DEFAULT_OFFLINE_GRACE,
+        undelivered_after: float | None = None,
     ) -> None:
         self.store = store
         self.keepalive = keepalive
@@ -77,6 +82,7 @@ class Hub:
         self.retry_ms = retry_ms
         self.replay_batch = replay_batch
         self.stats = HubStats()
+        self.presence = Presence(offline_grace=offline_grace, undelivered_after=undelivered_after)
         self._streams: dict[str, list[Connection]] = {}
         self._open_count = 0
         self._delivered_ids: dict[str, str] = {}
