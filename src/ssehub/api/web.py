@@ -6,9 +6,10 @@ when the routes are added, and served from memory.
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 _FILES = {
     "app.js": "text/javascript; charset=utf-8",
@@ -23,12 +24,23 @@ _PAGE_HEADERS = {
 }
 
 
+# The browser client: any page may import it, from any origin (a module script is
+# fetched with CORS). Cached briefly, then revalidated by its ETag, so that a new
+# hub's client reaches pages within minutes.
+_MODULE_HEADERS = {
+    "access-control-allow-origin": "*",
+    "x-content-type-options": "nosniff",
+    "cache-control": "public, max-age=300",
+}
+
+
 def _read(name: str) -> bytes:
     return resources.files("ssehub").joinpath("web", name).read_bytes()
 
 
 def add_web_routes(router: APIRouter) -> None:
-    """Add ``GET /`` (the page) and ``GET /web/{app.js,app.css}`` (its assets)."""
+    """Add ``GET /`` (the page), ``GET /web/{app.js,app.css}`` (its assets) and
+    ``GET /ssehub.js`` (the browser client)."""
     page = _read("index.html")
 
     @router.get("/", include_in_schema=False, response_class=Response)
@@ -37,6 +49,18 @@ def add_web_routes(router: APIRouter) -> None:
 
     for name, media_type in _FILES.items():
         _add_asset(router, name, _read(name), media_type)
+    _add_client(router, _read("ssehub.js"))
+
+
+def _add_client(router: APIRouter, body: bytes) -> None:
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {**_MODULE_HEADERS, "etag": etag}
+
+    @router.get("/ssehub.js", include_in_schema=False, response_class=Response)
+    async def client(request: Request) -> Response:
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
 
 
 def _add_asset(router: APIRouter, name: str, body: bytes, media_type: str) -> None:
