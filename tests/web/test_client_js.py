@@ -6,6 +6,7 @@ of one browser profile do.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,10 @@ async ([user, options, names]) => {
     sub.addEventListener(type, (e) => hub.push([type, e.data]));
   for (const type of names)
     sub.addEventListener(type, (e) => named.push([type, e.lastEventId, e.data]));
-  sub.addEventListener("state", (e) => states.push(e.detail));
+  sub.addEventListener("state", (e) => {
+    states.push(e.detail);
+    if (e.detail === "open") window.openedAt = Date.now();
+  });
 }
 """
 
@@ -82,6 +86,31 @@ def tab(context: sync_api.BrowserContext, url: str) -> sync_api.Page:
     return page
 
 
+def tabs(
+    context: sync_api.BrowserContext, url: str, user: str, count: int, **options: object
+) -> list[sync_api.Page]:
+    """``count`` tabs subscribed to ``user``, each open, exactly one of them leading."""
+    pages = [tab(context, url) for _ in range(count)]
+    for page in pages:
+        subscribe(page, user, **options)  # type: ignore[arg-type]
+    for page in pages:
+        wait_for(page, "sub.state === 'open'")
+    assert [page.evaluate("sub.leader") for page in pages].count(True) == 1
+    return pages
+
+
+def leader_of(pages: list[sync_api.Page]) -> sync_api.Page:
+    (leader,) = [page for page in pages if page.evaluate("sub.leader")]
+    return leader
+
+
+def wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
 def test_the_client_is_served_as_a_cacheable_module(start_server: ServerFactory) -> None:
     server = start_server()
     answer = httpx.get(server.url + "/ssehub.js")
@@ -129,3 +158,176 @@ def test_one_tab_gets_messages_and_named_events_without_greeting_or_keepalives(
     while connections(server.url, "ada"):
         assert time.monotonic() < deadline, "the stream stayed open after close()"
         time.sleep(0.05)
+
+
+def test_last_event_id_resumes_after_it(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    first, *rest = [publish(server.url, "gus", f"m{i}") for i in range(3)]
+    page = tab(context, server.url)
+    subscribe(page, "gus", lastEventId=first)
+    wait_for(page, "got.length >= 2")
+    assert page.evaluate("got") == [[rest[0], "m1"], [rest[1], "m2"]]
+
+
+def test_eight_tabs_share_one_stream_and_each_gets_every_message_once_in_order(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    pages = tabs(context, server.url, "bob", 8)
+    assert connections(server.url, "bob") == 1
+    ids = [publish(server.url, "bob", f"m{i}") for i in range(20)]
+    expected = [[event_id, f"m{i}"] for i, event_id in enumerate(ids)]
+    for page in pages:
+        wait_for(page, "got.length >= 20")
+    for page in pages:
+        assert page.evaluate("got") == expected
+    # Over HTTP/1.1 a browser opens at most six connections to an origin: with a
+    # stream per tab the seventh tab's stream and every fetch() would wait for ever.
+    fetch = """() => Promise.race([
+        fetch("/sse/users/bob").then((r) => r.status),
+        new Promise((done) => setTimeout(() => done("stuck"), 5000)),
+    ])"""
+    assert [page.evaluate(fetch) for page in pages] == [200] * 8
+    assert connections(server.url, "bob") == 1
+
+
+def test_when_the_leader_tab_closes_another_takes_over_losing_and_repeating_nothing(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    pages = tabs(context, server.url, "cy", 4)
+    leader = leader_of(pages)
+    ids: list[str] = []
+    halfway = threading.Event()
+
+    def publisher() -> None:
+        for i in range(40):
+            ids.append(publish(server.url, "cy", f"m{i}"))
+            if i == 10:
+                halfway.set()
+            time.sleep(0.02)  # a steady flow, not a synchronisation
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    try:
+        assert halfway.wait(10)
+        closed_at = time.time() * 1000
+        leader.close()
+        pages.remove(leader)
+    finally:
+        thread.join(20)
+    new_leader = None
+    deadline = time.monotonic() + 10
+    while new_leader is None:
+        assert time.monotonic() < deadline, "no tab took the stream over"
+        leading = [p for p in pages if p.evaluate("sub.leader && sub.state === 'open'")]
+        new_leader = leading[0] if leading else None
+        time.sleep(0.05)
+    took = new_leader.evaluate("openedAt") - closed_at
+    assert took < 2000, f"the takeover took {took:.0f} ms"
+    expected = [[event_id, f"m{i}"] for i, event_id in enumerate(ids)]
+    for page in pages:
+        wait_for(page, "got.length >= 40")
+    for page in pages:
+        assert page.evaluate("got") == expected
+        assert page.evaluate("sub.leader") == (page is new_leader)
+    wait_until(lambda: connections(server.url, "cy") == 1, "one stream is left")
+
+
+def test_an_event_registered_in_a_follower_reaches_every_tab_also_after_a_takeover(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    pages = tabs(context, server.url, "dee", 3)
+    leader = leader_of(pages)
+    followers = [page for page in pages if page is not leader]
+    for page in followers:
+        page.evaluate("() => sub.addEventListener('report', (e) => named.push(['report', e.data]))")
+    # The leader listens to the name once the follower's request has reached it.
+    wait_for(leader, "sub._names.has('report')")
+    publish(server.url, "dee", "one", event="report")
+    for page in followers:
+        wait_for(page, "named.length >= 1")
+
+    leader.close()
+    wait_until(lambda: any(page.evaluate("sub.leader") for page in followers), "a takeover")
+    for page in followers:
+        wait_for(page, "sub.state === 'open'")
+    publish(server.url, "dee", "two", event="report")
+    publish(server.url, "dee", "plain")
+    for page in followers:
+        wait_for(page, "got.length >= 1")
+        assert page.evaluate("named") == [["report", "one"], ["report", "two"]]
+
+
+def test_the_hubs_disconnect_ends_the_subscription_in_every_tab_for_good(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    pages = tabs(context, server.url, "eve", 3)
+    assert httpx.get(f"{server.url}/sse/disconnect/eve", timeout=5).status_code == 200
+    for page in pages:
+        wait_for(page, "sub.state === 'closed'")
+        assert page.evaluate("hub") == [["disconnected", "User 'eve' disconnected"]]
+    # Nothing reconnects: a while later the user still has no stream and no tab leads.
+    time.sleep(1.0)
+    assert connections(server.url, "eve") == 0
+    for page in pages:
+        assert page.evaluate("[sub.leader, states.at(-1)]") == [False, "closed"]
+
+
+def test_a_token_function_is_called_again_when_the_token_expires(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    from ssehub.auth import mint_token
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    server = start_server(
+        "--auth", "jwt", "--jwt-secret", secret, "--publish-key", "k1", keepalive=0.2
+    )
+    minted: list[str] = []
+
+    def token(user: str) -> str:
+        # The first token runs out within two seconds; later ones last.
+        minted.append(user)
+        return mint_token(secret, user, ttl=2 if len(minted) == 1 else 60)
+
+    context.expose_function("mintToken", token)
+    pages = tabs(context, server.url, "fay", 2, tokenFrom="fay")
+    leader = leader_of(pages)
+    key = {"x-api-key": "k1"}
+    first = httpx.post(f"{server.url}/sse/users/fay/messages", json={"data": "a"}, headers=key)
+    for page in pages:
+        wait_for(page, "hub.length >= 1", timeout=15)
+        assert page.evaluate("hub") == [["expired", "token expired"]]
+    wait_for(leader, "tokens >= 2 && sub.state === 'open'")
+    second = httpx.post(f"{server.url}/sse/users/fay/messages", json={"data": "b"}, headers=key)
+    expected = [[first.json()["id"], "a"], [second.json()["id"], "b"]]
+    for page in pages:
+        wait_for(page, "got.length >= 2")
+        assert page.evaluate("got") == expected
+    for page in pages:
+        if page is not leader:
+            assert page.evaluate("tokens") == 0  # a follower holds no stream, needs no token
+
+
+def test_the_demo_page_in_two_tabs_shares_one_stream(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    server = start_server()
+    pages = []
+    for _ in range(2):
+        page = context.new_page()
+        page.goto(server.url + "/?user=hal")
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("#connect")
+        sync_api.expect(page.locator("#state")).to_have_attribute("data-state", "open")
+        pages.append(page)
+    sync_api.expect(pages[1].locator("#state")).to_have_text("open (shared with another tab)")
+    assert connections(server.url, "hal") == 1
+    pages[1].fill("#send-data", "to both")
+    pages[1].click("#send")
+    for page in pages:
+        sync_api.expect(page.locator(".kind-message .text")).to_have_text(["to both"])

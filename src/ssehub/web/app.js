@@ -1,7 +1,8 @@
-// The ssehub demo page: one EventSource for the chosen user, and buttons that call the
+// The ssehub demo page: the chosen user's stream through the hub's browser client
+// (/ssehub.js, shared by the tabs showing the same user), and buttons that call the
 // hub's HTTP routes. No build step, no dependencies. Everything shown from the network
 // goes through textContent, never innerHTML.
-"use strict";
+import { connect as connectStream } from "../ssehub.js";
 
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -10,12 +11,14 @@
   const HUB_EVENTS = ["message", "keepalive", "reset", "disconnected", "expired"];
 
   const state = {
-    source: null,        // the open EventSource, if any
+    source: null,        // the subscription (see /ssehub.js), if any
     user: null,          // the user it is for
     lastId: null,        // the id of the last message received, for resuming
     lastUser: null,      // whose stream lastId belongs to
     keepalives: 0,
-    dropped: false,      // the connection broke and EventSource is retrying
+    dropped: false,      // the connection broke and the client is reconnecting
+    opened: false,       // the subscription has been open once
+    closedBy: undefined, // why the hub ended it, when it did
     extraEvents: new Set(),
   };
 
@@ -106,16 +109,6 @@
 
   // -- the stream ----------------------------------------------------------------
 
-  function streamUrl(user, resumeAfter) {
-    const params = new URLSearchParams();
-    // EventSource cannot set headers: a manual reconnect resumes with the query
-    // parameter, a token travels as access_token.
-    if (resumeAfter) params.set("last_event_id", resumeAfter);
-    if (token()) params.set("access_token", token());
-    const query = params.toString();
-    return "sse/connect/" + userPath(user) + (query ? "?" + query : "");
-  }
-
   function connect(user) {
     disconnect(true);
     const resumeAfter = state.lastUser === user ? state.lastId : null;
@@ -123,45 +116,44 @@
     state.user = user;
     state.lastUser = user;
     state.dropped = false;
-    const source = new EventSource(streamUrl(user, resumeAfter));
-    state.source = source;
+    state.opened = false;
+    // One stream for all of this browser's tabs that show the same user: the tab that
+    // holds it relays to the others. The token is read from the field on each
+    // (re)connect, so a fresh one pasted there is used after an expiry.
+    const sub = connectStream(user, { token, lastEventId: resumeAfter || undefined });
+    state.source = sub;
     setState("connecting", "connecting…");
     if (resumeAfter) log("info", "Reconnecting: replaying what was missed after #" + resumeAfter, { label: "resume" });
 
-    let expectGreeting = true;
-    source.onopen = () => {
-      expectGreeting = true;
-      if (state.dropped) {
-        log("info", "Back online; EventSource resumed after #" + (state.lastId || "none"), { label: "resume" });
+    sub.addEventListener("state", (event) => {
+      if (state.source !== sub) return;
+      const now = event.detail;
+      if (now === "open") {
+        // The hub greets every stream; the client keeps the greeting out of "message".
+        log("greeting", "User '" + user + "' connected", { label: sub.leader ? "connected" : "shared" });
+        if (state.dropped) log("info", "Back online; resumed after #" + (state.lastId || "none"), { label: "resume" });
         state.dropped = false;
-      }
-      setState("open");
-    };
-    source.onerror = () => {
-      if (state.source !== source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // The hub refused the stream (bad user id, token, limits): say why.
-        log("error", "The stream was refused or closed; checking why…");
-        explainRefusal(user);
-        stop("closed");
-      } else if (!state.dropped) {
-        state.dropped = true;
+        state.opened = true;
+        setState("open", sub.leader ? "open" : "open (shared with another tab)");
+      } else if (now === "reconnecting") {
+        if (state.opened && !state.dropped) {
+          state.dropped = true;
+          log("info", "Connection lost; reconnecting and resuming after the last event id", { label: "dropped" });
+        }
         setState("reconnecting", "reconnecting…");
-        log("info", "Connection lost; the browser reconnects by itself with Last-Event-ID", { label: "dropped" });
+        // A stream the hub refuses (bad user id, token, limits) is not retried here.
+        explainRefusal(user).then((refused) => {
+          if (refused && state.source === sub) stop("closed");
+        });
+      } else if (now === "closed" && state.source === sub) {
+        stop("closed", state.closedBy);
       }
-    };
-    source.addEventListener("message", (event) => {
-      // The first event of every connection is the greeting. It has no id (an event
-      // without an id keeps the previous lastEventId), so it is told apart by position.
-      if (expectGreeting) {
-        expectGreeting = false;
-        log("greeting", event.data, { label: "connected" });
-        return;
-      }
+    });
+    sub.addEventListener("message", (event) => {
       if (event.lastEventId) setLastId(event.lastEventId);
       showData("message", event);
     });
-    source.addEventListener("keepalive", (event) => {
+    sub.addEventListener("keepalive", (event) => {
       state.keepalives += 1;
       $("keepalives").textContent = String(state.keepalives);
       const heart = $("heart");
@@ -170,23 +162,22 @@
       heart.classList.add("beat");
       if ($("show-keepalives").checked) log("keepalive", event.data, { label: "keep-alive" });
     });
-    source.addEventListener("reset", (event) => {
+    sub.addEventListener("reset", (event) => {
       log("reset", "History was trimmed, some messages are gone: " + event.data, { label: "reset" });
     });
-    source.addEventListener("disconnected", (event) => {
+    sub.addEventListener("disconnected", (event) => {
       log("disconnected", event.data, { label: "disconnected" });
-      stop("closed", "closed by the hub");
+      state.closedBy = "closed by the hub";
     });
-    source.addEventListener("expired", (event) => {
-      log("expired", "The token expired (" + event.data + "); paste a new one and connect", { label: "expired" });
-      stop("closed", "token expired");
+    sub.addEventListener("expired", (event) => {
+      log("expired", "The token expired (" + event.data + "); reconnecting with the token in the field", { label: "expired" });
     });
-    for (const name of state.extraEvents) listenTo(source, name);
+    for (const name of state.extraEvents) listenTo(sub, name);
   }
 
-  function listenTo(source, name) {
+  function listenTo(sub, name) {
     if (HUB_EVENTS.includes(name)) return;
-    source.addEventListener(name, (event) => {
+    sub.addEventListener(name, (event) => {
       if (event.lastEventId) setLastId(event.lastEventId);
       showData(name, event);
     });
@@ -196,16 +187,22 @@
     try {
       const params = token() ? "?access_token=" + encodeURIComponent(token()) : "";
       const response = await fetch("sse/users/" + userPath(user) + params, { headers: authHeaders() });
-      if (!response.ok) log("error", await describeError(response));
+      if (response.status >= 400 && response.status < 500) {
+        log("error", await describeError(response));
+        return true;
+      }
     } catch (err) {
       log("error", "The hub is unreachable: " + err.message);
     }
+    return false;
   }
 
   function stop(name, text) {
-    if (state.source) state.source.close();
+    const sub = state.source;
     state.source = null;
     state.dropped = false;
+    state.closedBy = undefined;
+    if (sub) sub.close();
     setState(name, text);
   }
 
