@@ -14,13 +14,14 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
 import orjson
 
 from ssehub import events
 from ssehub._latency import LatencyHistogram
+from ssehub._signals import chain_shutdown_signals
 from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, ServerFull, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
@@ -95,6 +96,7 @@ class Hub:
         self._broadcast_wakeup = asyncio.Event()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._restore_signals: Callable[[], None] = lambda: None
         store.bind(self)
 
     # -- life cycle -------------------------------------------------------------
@@ -115,9 +117,12 @@ class Hub:
         self._spawn(self._keepalive_forever(), "ssehub-keepalive")
         self._spawn(self._presence_forever(), "ssehub-presence")
         self._spawn(self._broadcast_forever(), "ssehub-broadcast")
+        # Inside a server, SIGINT/SIGTERM end the streams first (see ssehub._signals).
+        self._restore_signals = chain_shutdown_signals(self.request_shutdown)
 
     async def close(self) -> None:
         """End every stream with a ``retry:`` hint, flush broadcasts and presence, close."""
+        self._restore_signals()
         self.shutdown_streams()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drain_broadcasts(), _CLOSE_DRAIN_SECONDS)
