@@ -43,8 +43,8 @@ app.include_router(
     create_router(
         hub,
         identify=current_user,  # streams: the application's sign-in decides
-        auth=KeyAuthenticator(publish_keys=[os.environ["PUBLISH_KEY"]]),  # publishing: a key
-        demo=False,
+        auth=KeyAuthenticator(publish_keys=[os.environ["PUBLISH_KEY"]]),
+        publish=True,  # other services may publish over HTTP, with the key
     )
 )
 MessengerDep = Annotated[Messenger, Depends(messenger_dependency(hub))]

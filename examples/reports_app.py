@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="Reports", lifespan=lifespan)
-app.include_router(create_router(hub, demo=False))  # /sse/connect/{user_id} and the rest
+app.include_router(create_router(hub))  # /sse/connect/{user_id}, read-only state
 
 MessengerDep = Annotated[Messenger, Depends(messenger_dependency(hub))]
 

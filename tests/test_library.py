@@ -43,7 +43,7 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(lifespan=lifespan)
-app.include_router(create_router(hub, demo=False))
+app.include_router(create_router(hub, publish=True))
 
 
 @app.middleware("http")  # Starlette's BaseHTTPMiddleware: receive goes through anyio streams
@@ -103,10 +103,21 @@ async def test_a_host_app_route_sends_through_the_injected_messenger(host_app_ur
     assert message.id == answer.json()["event_id"]
 
 
-async def test_the_mounted_router_serves_the_whole_contract(host_app_url: str) -> None:
+async def test_the_readme_router_serves_streams_and_state_and_nothing_that_sends(
+    host_app_url: str,
+) -> None:
     async with httpx.AsyncClient() as client:
-        sent = await client.post(f"{host_app_url}/sse/users/pia/messages", json={"data": "x"})
-        assert sent.status_code == 202
+        for method, path in [
+            ("POST", "/sse/users/pia/messages"),
+            ("POST", "/sse/messages"),
+            ("POST", "/sse/broadcast"),
+            ("GET", "/sse/disconnect/pia"),
+            ("GET", "/sse/task/pia"),
+        ]:
+            refused = await client.request(method, host_app_url + path, json={"data": "x"})
+            assert refused.status_code in (404, 405), path
+        sent = await client.post(f"{host_app_url}/reports/pia")  # the app's own route
+        assert sent.status_code == 200
         status = await client.get(f"{host_app_url}/sse/users/pia")
         assert status.json()["pending"] == 1
         bad = await client.get(f"{host_app_url}/sse/connect/{'p' * 300}")
@@ -114,7 +125,7 @@ async def test_the_mounted_router_serves_the_whole_contract(host_app_url: str) -
         assert "detail" in bad.json()
         async with Stream(host_app_url, "pia") as pia:
             got = await pia.messages(2)
-        assert got[1].data == "x"
+        assert got[1].event == "report"
 
 
 async def test_streams_pass_through_a_host_apps_http_middleware(middleware_app_url: str) -> None:

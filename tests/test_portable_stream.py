@@ -61,7 +61,7 @@ def library_app(port: int) -> tuple[uvicorn.Config, Hub]:
             yield
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(create_router(hub, demo=False), prefix="/hub")
+    app.include_router(create_router(hub), prefix="/hub")
     config = uvicorn.Config(app, port=port, http="httptools", log_config=None, access_log=False)
     return config, hub
 

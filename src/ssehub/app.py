@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key"],
         )
-    router = create_router(hub, auth=auth, demo_step=settings.demo_step)
+    router = create_router(hub, auth=auth, publish=True, demo=True, demo_step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
     add_metrics_route(router, hub)

@@ -8,12 +8,13 @@ from fastapi import APIRouter
 
 from ssehub.api._errors import SsehubRoute, error_response
 from ssehub.api.demo import add_demo_routes
-from ssehub.api.publish import add_publish_routes
+from ssehub.api.publish import add_publish_routes, add_state_routes
 from ssehub.api.streams import (
     STREAM_HEADERS,
     AsgiSink,
     EventStreamResponse,
     Identify,
+    add_disconnect_route,
     add_stream_routes,
 )
 from ssehub.auth import Authenticator
@@ -34,26 +35,39 @@ def create_router(
     hub: Hub,
     *,
     auth: Authenticator | None = None,
-    demo: bool = True,
+    publish: bool = False,
+    demo: bool = False,
     demo_step: float = 1.0,
     identify: Identify | None = None,
 ) -> APIRouter:
-    """Every ssehub route, ready to include in a FastAPI app.
+    """ssehub's routes, ready to include in a FastAPI app.
+
+    With no other argument: the stream (``GET /sse/connect/{user_id}``) and the
+    read-only state routes (``GET /sse/users``, ``GET /sse/users/{user_id}``). Nothing
+    that sends or closes anything is mounted unless asked for, so mounting the router
+    does not let anyone who reaches the app message, or cut off, its users; the host
+    app's own code sends through the hub (the `Messenger`).
 
     Args:
         hub: the hub the routes serve; the host app starts and closes it.
         auth: who may subscribe and publish; open to all by default.
+        publish: also mount the routes that send and close: a message, a batch,
+            a broadcast, and ``GET /sse/disconnect/{user_id}``. They take ``auth``'s
+            publisher credentials, and in its default (open) mode anyone's.
+        demo: also mount the sample's demo task routes (they send to any user).
+        demo_step: seconds between the demo tasks' messages.
         identify: the host application's own FastAPI dependency that returns the
             signed-in user's id (or None); when given, it decides who may open
             ``/sse/connect/{user_id}`` (401 if None, 403 if another user) instead of
             ``auth``'s tokens. The other routes still follow ``auth``.
-        demo: include the sample's demo task routes.
-        demo_step: seconds between the demo tasks' messages.
     """
     router = APIRouter(route_class=SsehubRoute)
     authenticator = auth or Authenticator()
     add_stream_routes(router, hub, authenticator, identify=identify)
-    add_publish_routes(router, hub, authenticator)
+    add_state_routes(router, hub, authenticator)
+    if publish:
+        add_publish_routes(router, hub, authenticator)
+        add_disconnect_route(router, hub, authenticator)
     if demo:
         add_demo_routes(router, hub, authenticator, step=demo_step)
     return router

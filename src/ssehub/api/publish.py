@@ -75,7 +75,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
-    """Add the publish and state routes of CONTRACT.md."""
+    """Add the routes that send: one message, a batch, a broadcast."""
     limits = hub.limits
 
     @router.post(
@@ -159,6 +159,11 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
         await hub.broadcast_encoded(hub.encode(data, event))
         return json_response(202, {"status": "accepted"})
+
+
+def add_state_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
+    """Add the read-only state routes: a user's status and the list of users."""
+    limits = hub.limits
 
     @router.get(
         "/sse/users/{user_id}",

@@ -496,7 +496,7 @@ def subscriber_dependency(
 def add_stream_routes(
     router: APIRouter, hub: Hub, auth: Authenticator, *, identify: Identify | None = None
 ) -> None:
-    """Add the connect and disconnect routes (``identify``: see `subscriber_dependency`)."""
+    """Add the connect route (``identify``: see `subscriber_dependency`)."""
     subscriber = subscriber_dependency(hub, auth, identify)
     # Without a host-app dependency to run, requests are served by the bare ASGI
     # endpoint and the FastAPI endpoint below only documents the route.
@@ -535,6 +535,10 @@ def add_stream_routes(
         route_class_override=route_class,
     )  # fmt: skip
 
+
+def add_disconnect_route(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
+    """Add ``GET /sse/disconnect/{user_id}``: close every stream of a user."""
+
     @router.get(
         "/sse/disconnect/{user_id}",
         summary="Disconnect a user",
@@ -561,6 +565,7 @@ __all__ = [
     "StreamEndpoint",
     "StreamFront",
     "TaskWatch",
+    "add_disconnect_route",
     "add_stream_routes",
     "json_response",
     "serve_stream",
