@@ -6,15 +6,18 @@ of one browser profile do.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ServerFactory
+import ssehub
+from tests.conftest import ServerFactory, ServerProcess, free_port
 from tests.web.test_page import browser, pytestmark, sync_api  # noqa: F401
 
 # Sets up window.sub in a tab and records what it gets: messages as [id, data],
@@ -22,10 +25,14 @@ from tests.web.test_page import browser, pytestmark, sync_api  # noqa: F401
 SUBSCRIBE = """
 async ([user, options, names]) => {
   const { connect } = await import("/ssehub.js");
-  Object.assign(window, { got: [], hub: [], named: [], states: [], tokens: 0 });
+  Object.assign(window, { got: [], hub: [], named: [], states: [], tokens: 0, tokenTimes: [] });
   if (options.tokenFrom) {
     const who = options.tokenFrom;
-    options.token = async () => { window.tokens += 1; return await window.mintToken(who); };
+    options.token = async () => {
+      window.tokens += 1;
+      tokenTimes.push(Date.now());
+      return await window.mintToken(who);
+    };
   }
   const sub = window.sub = connect(user, options);
   sub.addEventListener("message", (e) => got.push([e.lastEventId, e.data]));
@@ -67,6 +74,16 @@ def publish(url: str, user: str, data: object, event: str | None = None) -> str:
 
 def connections(url: str, user: str) -> int:
     return int(httpx.get(f"{url}/sse/users/{user}", timeout=5).json()["connections"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One hub for the tests that need no other settings; each test has its own user."""
+    factory = ServerFactory(tmp_path_factory.mktemp("hub"))
+    try:
+        yield factory(keepalive=0.2)
+    finally:
+        factory.close()
 
 
 @pytest.fixture
@@ -111,8 +128,7 @@ def wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_the_client_is_served_as_a_cacheable_module(start_server: ServerFactory) -> None:
-    server = start_server()
+def test_the_client_is_served_as_a_cacheable_module(server: ServerProcess) -> None:
     answer = httpx.get(server.url + "/ssehub.js")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "text/javascript; charset=utf-8"
@@ -125,10 +141,19 @@ def test_the_client_is_served_as_a_cacheable_module(start_server: ServerFactory)
     assert httpx.get(server.url + "/ssehub.js", headers={"if-none-match": '"x"'}).status_code == 200
 
 
+def test_the_client_stays_small() -> None:
+    source = (Path(ssehub.__file__).parent / "web" / "ssehub.js").read_text()
+    # Minified-equivalent: without comments and runs of white space (a minifier that
+    # also shortens names would make it smaller still).
+    code = re.sub(r"^\s*//.*$|\s//.*$", "", source, flags=re.MULTILINE)
+    code = re.sub(r"/\*\*.*?\*/", "", code, flags=re.DOTALL)
+    code = re.sub(r"\s+", " ", code)
+    assert len(code.encode()) < 5 * 1024
+
+
 def test_one_tab_gets_messages_and_named_events_without_greeting_or_keepalives(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server(keepalive=0.2)
     page = tab(context, server.url)
     subscribe(page, "ada", names=("notice", "keepalive"))
     wait_for(page, "sub.state === 'open'")
@@ -161,9 +186,8 @@ def test_one_tab_gets_messages_and_named_events_without_greeting_or_keepalives(
 
 
 def test_last_event_id_resumes_after_it(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     first, *rest = [publish(server.url, "gus", f"m{i}") for i in range(3)]
     page = tab(context, server.url)
     subscribe(page, "gus", lastEventId=first)
@@ -172,9 +196,8 @@ def test_last_event_id_resumes_after_it(
 
 
 def test_eight_tabs_share_one_stream_and_each_gets_every_message_once_in_order(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     pages = tabs(context, server.url, "bob", 8)
     assert connections(server.url, "bob") == 1
     ids = [publish(server.url, "bob", f"m{i}") for i in range(20)]
@@ -194,9 +217,8 @@ def test_eight_tabs_share_one_stream_and_each_gets_every_message_once_in_order(
 
 
 def test_when_the_leader_tab_closes_another_takes_over_losing_and_repeating_nothing(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     pages = tabs(context, server.url, "cy", 4)
     leader = leader_of(pages)
     ids: list[str] = []
@@ -237,9 +259,8 @@ def test_when_the_leader_tab_closes_another_takes_over_losing_and_repeating_noth
 
 
 def test_an_event_registered_in_a_follower_reaches_every_tab_also_after_a_takeover(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     pages = tabs(context, server.url, "dee", 3)
     leader = leader_of(pages)
     followers = [page for page in pages if page is not leader]
@@ -263,9 +284,8 @@ def test_an_event_registered_in_a_follower_reaches_every_tab_also_after_a_takeov
 
 
 def test_the_hubs_disconnect_ends_the_subscription_in_every_tab_for_good(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     pages = tabs(context, server.url, "eve", 3)
     assert httpx.get(f"{server.url}/sse/disconnect/eve", timeout=5).status_code == 200
     for page in pages:
@@ -314,9 +334,8 @@ def test_a_token_function_is_called_again_when_the_token_expires(
 
 
 def test_the_demo_page_in_two_tabs_shares_one_stream(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    server = start_server()
     pages = []
     for _ in range(2):
         page = context.new_page()
@@ -331,3 +350,93 @@ def test_the_demo_page_in_two_tabs_shares_one_stream(
     pages[1].click("#send")
     for page in pages:
         sync_api.expect(page.locator(".kind-message .text")).to_have_text(["to both"])
+
+
+def test_without_web_locks_or_with_share_tabs_off_each_tab_holds_its_own_stream(
+    server: ServerProcess, context: sync_api.BrowserContext
+) -> None:
+    unshared = tab(context, server.url)
+    subscribe(unshared, "ivy", shareTabs=False)
+    no_locks = context.new_page()
+    no_locks.add_init_script(
+        "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })"
+    )
+    no_locks.goto(server.url + "/healthz")
+    assert no_locks.evaluate("navigator.locks") is None
+    subscribe(no_locks, "ivy")
+    pages = [unshared, no_locks]
+    for page in pages:
+        wait_for(page, "sub.state === 'open'")
+        assert page.evaluate("sub.leader") is True
+    assert connections(server.url, "ivy") == 2
+    sent = publish(server.url, "ivy", "to each")
+    for page in pages:
+        wait_for(page, "got.length >= 1")
+        assert page.evaluate("got") == [[sent, "to each"]]
+
+
+def test_a_refused_stream_is_retried_with_a_doubling_back_off_and_a_new_token(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    from ssehub.auth import mint_token
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    server = start_server("--auth", "jwt", "--jwt-secret", secret)
+    calls: list[str] = []
+
+    def token(user: str) -> str:
+        calls.append(user)  # the first two are refused (401): EventSource gives up
+        return "not-a-token" if len(calls) <= 2 else mint_token(secret, user, ttl=60)
+
+    context.expose_function("mintToken", token)
+    page = tab(context, server.url)
+    subscribe(page, "jon", tokenFrom="jon")
+    wait_for(page, "sub.state === 'open'")
+    assert page.evaluate("states") == ["connecting", "reconnecting", "open"]
+    first, second, third = page.evaluate("tokenTimes")
+    # Back-off with jitter: half to all of 1 s, then of 2 s.
+    assert 500 <= second - first < 2000
+    assert 1000 <= third - second < 3000
+
+
+def test_across_a_restart_of_the_hub_every_tab_gets_what_was_sent_meanwhile(
+    start_server: ServerFactory, context: sync_api.BrowserContext
+) -> None:
+    port = free_port()
+    store = "sqlite:///data/hub.db"
+    env = {"SSEHUB_RETRY_MS": "300"}
+    server = start_server(store=store, port=port, env=env)
+    pages = tabs(context, server.url, "kim", 3)
+    before = publish(server.url, "kim", "before")
+    for page in pages:
+        wait_for(page, "got.length >= 1")
+    server.stop()  # the stream ends with a retry: hint; the browser comes back by itself
+    for page in pages:
+        wait_for(page, "sub.state === 'reconnecting'")
+    restarted = start_server(store=store, port=port, env=env)
+    meanwhile = publish(restarted.url, "kim", "meanwhile")
+    for page in pages:
+        wait_for(page, "got.length >= 2 && sub.state === 'open'")
+    after = publish(restarted.url, "kim", "after")
+    expected = [[before, "before"], [meanwhile, "meanwhile"], [after, "after"]]
+    for page in pages:
+        wait_for(page, "got.length >= 3")
+        assert page.evaluate("got") == expected
+    assert connections(restarted.url, "kim") == 1
+
+
+def test_a_reset_is_passed_on_and_what_follows_it_counts_as_new(
+    server: ServerProcess, context: sync_api.BrowserContext
+) -> None:
+    ids = [publish(server.url, "lou", f"m{i}") for i in range(2)]
+    # An id the hub never gave (a wiped store, say): it says so with a reset and
+    # replays its whole history, whose ids are all older than the tab's.
+    unknown = "99999999999999-0"
+    page = tab(context, server.url)
+    subscribe(page, "lou", lastEventId=unknown)
+    wait_for(page, "got.length >= 2")
+    assert page.evaluate("got") == [[ids[0], "m0"], [ids[1], "m1"]]
+    notice = {"reason": "history_trimmed", "last_event_id": unknown}
+    assert page.evaluate("hub.map(([type, data]) => [type, JSON.parse(data)])") == [
+        ["reset", notice]
+    ]

@@ -158,6 +158,8 @@ class Subscription extends EventTarget {
     }
     if (relay) this._post({ t: "ev", type, data, id });
     this.dispatchEvent(new MessageEvent(type, { data, lastEventId: this._last }));
+    // After a reset the hub could not resume after our id: take what follows as new.
+    if (type === "reset") this._last = this._seen = "";
     if (type === "disconnected") this._end();
     else if (type === "expired" && relay) {
       this._stop(); // the hub closes it: come back at once with a fresh token
