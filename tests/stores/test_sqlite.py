@@ -13,7 +13,7 @@ import pytest
 
 from ssehub.events import event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
-from ssehub.stores import ReadResult, Retention, open_store
+from ssehub.stores import ReadResult, Retention, UserState, open_store
 from ssehub.stores.sqlite import SqliteStore
 from tests.stores.conftest import RecordingListener
 
@@ -237,3 +237,52 @@ async def test_a_failed_read_answers_unavailable_and_the_readers_go_on(
     with pytest.raises(StoreUnavailable, match="SQLite read failed"):
         await store._read(lambda cur: cur.execute("SELECT * FROM no_such_table"))
     assert (await store.read_after("alice", None, limit=10)).events == [event]
+
+
+async def test_presence_is_read_back_at_once_and_committed_by_close(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    first = await open_sqlite()
+    events = await first.append_many([("alice", b"data: 1\n"), ("alice", b"data: 2\n")])
+    for n in range(500):  # one at a time, as the hub writes them
+        await first.set_presence(f"user-{n}", connections=1)
+    await first.set_presence("alice", connections=1)
+    await first.set_presence("alice", connections=0, cursor=events[0].id)
+    await first.set_presence("alice", connections=0)  # no cursor: the one before stays
+    alice = await first.get_user("alice")
+    assert (alice.connections, alice.cursor, alice.pending) == (0, events[0].id, 1)
+    assert (await first.get_user("user-7")).connections == 1
+    assert len(await first.list_users(state=UserState.CONNECTED, limit=1000)) == 500
+    await first.close()
+
+    second = await open_sqlite()
+    alice = await second.get_user("alice")
+    assert (alice.known, alice.cursor, alice.pending) == (True, events[0].id, 1)
+    assert len(await second.list_users(limit=1000)) == 501
+
+
+async def test_opening_a_stream_reads_cursor_and_history_in_one_read_and_misses_no_commit(
+    open_sqlite: Opener,
+) -> None:
+    store = await open_sqlite()
+    old = await store.append_many([("alice", b"data: 1\n"), ("alice", b"data: 2\n")])
+    await store.set_presence("alice", connections=0, cursor=old[0].id)
+    reads = 0
+    read = store._read
+
+    async def counted(fn: Callable[[sqlite3.Cursor], Any]) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(fn)
+
+    store._read = counted  # type: ignore[method-assign]
+    await store.watch("alice")  # what the hub does for a user's first stream
+    cursor = (await store.get_user("alice")).cursor
+    assert (await store.read_after("alice", cursor, limit=100)).events == old[1:]
+    assert reads == 1
+
+    await store.watch("alice")
+    cursor = (await store.get_user("alice")).cursor
+    newer = await store.append("alice", b"data: 3\n")  # committed after the read
+    assert (await store.read_after("alice", cursor, limit=100)).events == [old[1], newer]
+    assert reads == 3

@@ -10,12 +10,11 @@ writer writes. The event loop never waits for the disk.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._local import LocalFanout
+from ssehub.stores._sqlite_presence import PresenceBuffer
+from ssehub.stores._sqlite_readers import Readers
+from ssehub.stores._sqlite_reads import read_after, user_record
 from ssehub.stores._sqlite_sql import lock_file
 from ssehub.stores._sqlite_writer import SWEEP_CHUNK, Writer
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
@@ -34,7 +36,15 @@ logger = logging.getLogger("ssehub.stores.sqlite")
 T = TypeVar("T")
 
 SYNCHRONOUS = ("full", "normal", "off")
+_PREFETCH_LIMIT = 1000  # events read with the cursor of a user whose stream opens
+_WANTED, _READING, _STALE = object(), object(), object()
 _MAX_ROWID = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prefetched:
+    after: str | None
+    result: ReadResult
 
 
 class SqliteStore(LocalFanout):
@@ -74,15 +84,14 @@ class SqliteStore(LocalFanout):
         self.path = Path(path)
         self.synchronous = synchronous
         self.sweep_interval = sweep_interval
-        self._reader_count = readers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = Writer(
             self.path, synchronous=synchronous, retention=self.retention, deliver=self._deliver
         )
-        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._reader_local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._reader_lock = threading.Lock()
+        self._presence = PresenceBuffer(self._writer)
+        # Per user whose first stream is opening: the history read with the cursor.
+        self._prefetch: dict[str, _Prefetched | object] = {}
+        self._readers = Readers(self.path, readers)
         self._lock_fd: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -130,9 +139,7 @@ class SqliteStore(LocalFanout):
         except BaseException:
             self._release_lock()
             raise
-        self._readers = concurrent.futures.ThreadPoolExecutor(
-            self._reader_count, thread_name_prefix="ssehub-sqlite-reader"
-        )
+        self._readers.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="ssehub-sqlite-sweep")
         logger.info("SQLite store %s open (synchronous=%s)", self.path, self.synchronous)
 
@@ -144,13 +151,7 @@ class SqliteStore(LocalFanout):
                 await self._sweeper
             self._sweeper = None
         await self._writer.stop()  # what was submitted is still written and resolved
-        if self._readers is not None:
-            await asyncio.to_thread(self._readers.shutdown, wait=True)
-            self._readers = None
-            with self._reader_lock:
-                for conn in self._reader_conns:
-                    conn.close()
-                self._reader_conns.clear()
+        await self._readers.stop()
         self._release_lock()
 
     def _prepare_file(self) -> int | None:
@@ -191,6 +192,11 @@ class SqliteStore(LocalFanout):
         return events
 
     def _deliver(self, appended: list[tuple[str, StoredEvent]]) -> None:
+        prefetch = self._prefetch
+        if prefetch:  # what was read before this commit may miss it: read again
+            for user_id, _ in appended:
+                if user_id in prefetch:
+                    prefetch[user_id] = _STALE
         listener = self._listener
         if listener is not None:
             for user_id, event in appended:
@@ -221,81 +227,31 @@ class SqliteStore(LocalFanout):
     # -- reading --------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        if self._closed or self._readers is None or self._loop is None:
+        if self._closed:
             raise StoreUnavailable("the SQLite store is not running")
-        return await self._loop.run_in_executor(self._readers, self._run_read, fn)
-
-    def _run_read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        cur: sqlite3.Cursor | None = getattr(self._reader_local, "cursor", None)
-        try:
-            if cur is None:
-                conn = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=10.0, check_same_thread=False
-                )
-                with self._reader_lock:
-                    self._reader_conns.append(conn)
-                conn.execute("PRAGMA query_only=1")
-                cur = self._reader_local.cursor = conn.cursor()
-            cur.execute("BEGIN")  # one snapshot for every query of ``fn``
-            try:
-                return fn(cur)
-            finally:
-                cur.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if cur is not None and cur.connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # leave the connection reusable
-                    cur.execute("ROLLBACK")
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+        result: T = await self._readers.submit(fn)
+        return result
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
         after = event_key(after_id) if after_id is not None else None
-        return await self._read(lambda cur: self._read_after(cur, user_id, after, limit))
-
-    @staticmethod
-    def _read_after(
-        cur: sqlite3.Cursor, user_id: str, after: tuple[int, int] | None, limit: int
-    ) -> ReadResult:
-        def rows(after_n: int) -> list[StoredEvent]:
-            found = cur.execute(
-                "SELECT id, payload FROM events WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
-                (user_id, after_n, limit),
-            )
-            return [StoredEvent(str(row_id), payload) for row_id, payload in found]
-
-        if after is None:
-            return ReadResult(rows(0))
-        newest = cur.execute(
-            "SELECT id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user_id,)
-        ).fetchone()
-        mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
-        dropped_row = mark.fetchone()
-        dropped = dropped_row[0] if dropped_row else None
-        last = max(newest[0] if newest else 0, dropped or 0)
-        if last == 0:
-            return ReadResult([], reset=True)
-        if after > (last, 0):
-            return ReadResult(rows(0), reset=True)
-        # Our ids are "N"; any "N-M" with M > 0 falls between N and N + 1.
-        reset = dropped is not None and after < (dropped, 0)
-        return ReadResult(rows(after[0]), reset=reset)
+        found = self._prefetch.pop(user_id, None)
+        if isinstance(found, _Prefetched) and found.after == after_id:
+            events = found.result.events
+            if len(events) < _PREFETCH_LIMIT or limit <= len(events):
+                return ReadResult(events[:limit], reset=found.result.reset)
+        return await self._read(lambda cur: read_after(cur, user_id, after, limit))
 
     # -- presence ---------------------------------------------------------------------------
 
     async def set_presence(
         self, user_id: str, *, connections: int, cursor: str | None = None
     ) -> None:
+        # Returns at once: the change is committed with the writer's next transaction
+        # (one executemany for every change waiting), and reads see it already.
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
         cursor_n = min(event_key(cursor)[0], _MAX_ROWID) if cursor is not None else None
-        params = (user_id, connections, time.time(), cursor, cursor_n)
-        await self._submit(
-            lambda cur: cur.execute(
-                "INSERT INTO users (user_id, connections, last_seen, cursor, cursor_n) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
-                "connections = excluded.connections, last_seen = excluded.last_seen, "
-                "cursor = coalesce(excluded.cursor, cursor), "
-                "cursor_n = coalesce(excluded.cursor_n, cursor_n)",
-                params,
-            )
-        )
+        self._presence.set(user_id, connections, cursor, cursor_n)
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         # One process owns the file, so a user with open streams is seen now: reads
@@ -315,18 +271,36 @@ class SqliteStore(LocalFanout):
             user_id, True, connections, now if connections > 0 else last_seen, cursor, pending
         )
 
-    async def get_user(self, user_id: str) -> UserRecord:
-        def read(cur: sqlite3.Cursor) -> UserRecord:
-            query = f"SELECT {self._USER_COLUMNS} FROM users u WHERE u.user_id = ?"
-            row = cur.execute(query, (user_id,)).fetchone()
-            if row is not None:
-                return self._record(row, time.time())
-            (pending,) = cur.execute(
-                "SELECT count(*) FROM events WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            return UserRecord(user_id, False, 0, None, None, pending)
+    async def watch(self, user_id: str) -> None:
+        # A user's first stream on this node: the hub reads the cursor next and then the
+        # history after it, so the read of the cursor reads that history too (one round
+        # trip to a reader instead of two for every stream opened without Last-Event-ID).
+        self._prefetch[user_id] = _WANTED
 
-        return await self._read(read)
+    async def unwatch(self, user_id: str) -> None:
+        self._prefetch.pop(user_id, None)
+
+    async def get_user(self, user_id: str) -> UserRecord:
+        change = self._presence.pending(user_id)
+        if self._prefetch.get(user_id) is not _WANTED:
+            return await self._read(lambda cur: user_record(cur, user_id, change))
+        self._prefetch[user_id] = _READING
+
+        def read(cur: sqlite3.Cursor) -> tuple[UserRecord, ReadResult]:
+            record = user_record(cur, user_id, change)
+            after = event_key(record.cursor) if record.cursor is not None else None
+            return record, read_after(cur, user_id, after, _PREFETCH_LIMIT)
+
+        try:
+            record, result = await self._read(read)
+        except BaseException:
+            self._prefetch.pop(user_id, None)
+            raise
+        if self._prefetch.get(user_id) is _READING:  # no commit for the user meanwhile
+            self._prefetch[user_id] = _Prefetched(record.cursor, result)
+        else:
+            self._prefetch.pop(user_id, None)
+        return record
 
     async def list_users(
         self, *, state: UserState | None = None, after: str | None = None, limit: int = 100
@@ -343,6 +317,7 @@ class SqliteStore(LocalFanout):
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY u.user_id LIMIT ?"
         params = (*([after] if after is not None else []), limit)
+        await self._presence.settle()  # pages come from the table: write what waits first
 
         def read(cur: sqlite3.Cursor) -> list[UserRecord]:
             now = time.time()
