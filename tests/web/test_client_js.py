@@ -23,8 +23,8 @@ from tests.web.test_page import browser, pytestmark, sync_api  # noqa: F401
 # Sets up window.sub in a tab and records what it gets: messages as [id, data],
 # the hub's own events as [type, data], named events as [type, id, data], states.
 SUBSCRIBE = """
-async ([user, options, names]) => {
-  const { connect } = await import("/ssehub.js");
+async ([user, options, names, module]) => {
+  const { connect } = await import(module);
   Object.assign(window, { got: [], hub: [], named: [], states: [], tokens: 0, tokenTimes: [] });
   if (options.tokenFrom) {
     const who = options.tokenFrom;
@@ -48,7 +48,7 @@ async ([user, options, names]) => {
 """
 
 
-def wait_for(page: sync_api.Page, expression: str, timeout: float = 10.0) -> Any:
+def wait_for(page: sync_api.Page | sync_api.Frame, expression: str, timeout: float = 10.0) -> Any:
     """Poll ``expression`` in the page until it is truthy; return its value."""
     deadline = time.monotonic() + timeout
     while not (value := page.evaluate(f"() => {expression}")):
@@ -58,9 +58,13 @@ def wait_for(page: sync_api.Page, expression: str, timeout: float = 10.0) -> Any
 
 
 def subscribe(
-    page: sync_api.Page, user: str, names: tuple[str, ...] = (), **options: object
+    page: sync_api.Page | sync_api.Frame,
+    user: str,
+    names: tuple[str, ...] = (),
+    module: str = "/ssehub.js",
+    **options: object,
 ) -> None:
-    page.evaluate(SUBSCRIBE, [user, options, list(names)])
+    page.evaluate(SUBSCRIBE, [user, options, list(names), module])
 
 
 def publish(url: str, user: str, data: object, event: str | None = None) -> str:
@@ -109,7 +113,7 @@ def tabs(
     """``count`` tabs subscribed to ``user``, each open, exactly one of them leading."""
     pages = [tab(context, url) for _ in range(count)]
     for page in pages:
-        subscribe(page, user, **options)  # type: ignore[arg-type]
+        subscribe(page, user, **options)
     for page in pages:
         wait_for(page, "sub.state === 'open'")
     assert [page.evaluate("sub.leader") for page in pages].count(True) == 1
@@ -440,3 +444,38 @@ def test_a_reset_is_passed_on_and_what_follows_it_counts_as_new(
     assert page.evaluate("hub.map(([type, data]) => [type, JSON.parse(data)])") == [
         ["reset", notice]
     ]
+
+
+def test_a_page_of_another_origin_imports_the_client_and_streams_from_its_hub(
+    server: ServerProcess, context: sync_api.BrowserContext
+) -> None:
+    # A blank tab's origin is not the hub's: the module and the stream are cross-origin
+    # (CORS), and the client finds its hub where it was imported from.
+    page = context.new_page()
+    assert page.url == "about:blank"
+    subscribe(page, "max", module=server.url + "/ssehub.js")
+    wait_for(page, "sub.state === 'open' && sub.leader")
+    sent = publish(server.url, "max", "across origins")
+    wait_for(page, "got.length >= 1")
+    assert page.evaluate("got") == [[sent, "across origins"]]
+
+
+def test_in_a_sandboxed_frame_web_locks_refuse_and_the_frame_holds_its_own_stream(
+    server: ServerProcess, context: sync_api.BrowserContext
+) -> None:
+    page = tab(context, server.url)
+    page.evaluate(
+        """() => new Promise((loaded) => {
+            const frame = document.createElement("iframe");
+            frame.sandbox = "allow-scripts";  // an opaque origin
+            frame.srcdoc = "<p>sandboxed</p>";
+            frame.onload = loaded;
+            document.body.append(frame);
+        })"""
+    )
+    (frame,) = [frame for frame in page.frames if frame != page.main_frame]
+    subscribe(frame, "nia", module=server.url + "/ssehub.js")
+    wait_for(frame, "sub.state === 'open' && sub.leader")
+    sent = publish(server.url, "nia", "sandboxed")
+    wait_for(frame, "got.length >= 1")
+    assert frame.evaluate("got") == [[sent, "sandboxed"]]

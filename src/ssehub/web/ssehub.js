@@ -13,6 +13,8 @@
 
 // Always listened to; named events are added as pages ask for them.
 const HUB_EVENTS = ["message", "reset", "disconnected", "expired"];
+// Never names of hub events: this client's own, and EventSource's.
+const LOCAL = ["state", "open", "error"];
 // Events without an id of their own: never deduplicated.
 const NO_ID = new Set(["reset", "disconnected", "expired", "keepalive"]);
 const ASK_MS = 150; // a new leader waits this long for the other tabs' newest ids
@@ -62,7 +64,13 @@ class Subscription extends EventTarget {
           this._release = release;
           this._lead();
         }))
-      .catch(() => {}); // aborted by close()
+      .catch(() => {
+        // Aborted by close(), or refused (an opaque origin): then hold a stream alone.
+        if (this._closed) return;
+        this._channel.close();
+        this._channel = null;
+        this._lead();
+      });
     this._post({ t: "names", names: [], hello: true });
   }
 
@@ -179,8 +187,8 @@ class Subscription extends EventTarget {
 
   // Listen to a named event: true if it is new to this tab.
   _want(type) {
-    if (!this._names || type === "state" || HUB_EVENTS.includes(type) || this._names.has(type))
-      return false;
+    const known = [...LOCAL, ...HUB_EVENTS];
+    if (!this._names || known.includes(type) || this._names.has(type)) return false;
     this._names.add(type);
     if (this._source) this._listen(this._source, type);
     return true;
