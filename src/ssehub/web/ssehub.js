@@ -13,8 +13,8 @@
 
 // Always listened to; named events are added as pages ask for them.
 const HUB_EVENTS = ["message", "reset", "disconnected", "expired"];
-// Never names of hub events: this client's own, and EventSource's.
-const LOCAL = ["state", "open", "error"];
+// Not names a page may ask the leader to listen to: this client's own, EventSource's.
+const RESERVED = ["state", "open", "error", ...HUB_EVENTS];
 // Events without an id of their own: never deduplicated.
 const NO_ID = new Set(["reset", "disconnected", "expired", "keepalive"]);
 const ASK_MS = 150; // a new leader waits this long for the other tabs' newest ids
@@ -42,7 +42,9 @@ class Subscription extends EventTarget {
     this.state = "";
     this._user = String(userId);
     // The hub's base URL: by default where this module was served from.
-    this._base = new URL(url ? url.replace(/\/?$/, "/") : "./", url ? location.href : import.meta.url).href;
+    this._base = url
+      ? new URL(url.replace(/\/?$/, "/"), location.href).href
+      : new URL("./", import.meta.url).href;
     this._token = token;
     this._last = lastEventId || ""; // the newest id this tab dispatched
     this._seen = ""; // the newest id other tabs reported, where a new stream resumes
@@ -187,8 +189,7 @@ class Subscription extends EventTarget {
 
   // Listen to a named event: true if it is new to this tab.
   _want(type) {
-    const known = [...LOCAL, ...HUB_EVENTS];
-    if (!this._names || known.includes(type) || this._names.has(type)) return false;
+    if (!this._names || RESERVED.includes(type) || this._names.has(type)) return false;
     this._names.add(type);
     if (this._source) this._listen(this._source, type);
     return true;
