@@ -479,3 +479,18 @@ def test_in_a_sandboxed_frame_web_locks_refuse_and_the_frame_holds_its_own_strea
     sent = publish(server.url, "nia", "sandboxed")
     wait_for(frame, "got.length >= 1")
     assert frame.evaluate("got") == [[sent, "sandboxed"]]
+
+
+def test_ids_are_ordered_as_the_hub_orders_them_not_as_text(
+    server: ServerProcess, context: sync_api.BrowserContext
+) -> None:
+    # A batch gets ids of one millisecond, "T-0" to "T-11": as text "T-10" < "T-9".
+    pages = tabs(context, server.url, "ola", 2)
+    batch = [{"user_id": "ola", "data": f"m{i}"} for i in range(12)]
+    answer = httpx.post(f"{server.url}/sse/messages", json={"messages": batch}, timeout=5)
+    assert answer.status_code == 202, answer.text
+    ids = answer.json()["ids"]
+    expected = [[event_id, f"m{i}"] for i, event_id in enumerate(ids)]
+    for page in pages:
+        wait_for(page, "got.length >= 12")
+        assert page.evaluate("got") == expected
