@@ -17,8 +17,11 @@ import httpx
 import pytest
 
 import ssehub
+from ssehub.auth import mint_token
 from tests.conftest import ServerFactory, ServerProcess, free_port
 from tests.web.test_page import browser, pytestmark, sync_api  # noqa: F401
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
 # Sets up window.sub in a tab and records what it gets: messages as [id, data],
 # the hub's own events as [type, data], named events as [type, id, data], states.
@@ -86,6 +89,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     factory = ServerFactory(tmp_path_factory.mktemp("hub"))
     try:
         yield factory(keepalive=0.2)
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A hub with ``--auth jwt``: tokens from `mint_token` with `SECRET`, publishing with
+    the key ``k1``."""
+    factory = ServerFactory(tmp_path_factory.mktemp("jwt-hub"))
+    try:
+        yield factory("--auth", "jwt", "--jwt-secret", SECRET, "--publish-key", "k1", keepalive=0.2)
     finally:
         factory.close()
 
@@ -303,20 +317,15 @@ def test_the_hubs_disconnect_ends_the_subscription_in_every_tab_for_good(
 
 
 def test_a_token_function_is_called_again_when_the_token_expires(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    jwt_server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    from ssehub.auth import mint_token
-
-    secret = "a-test-secret-that-is-long-enough-for-hs256"
-    server = start_server(
-        "--auth", "jwt", "--jwt-secret", secret, "--publish-key", "k1", keepalive=0.2
-    )
+    server = jwt_server
     minted: list[str] = []
 
     def token(user: str) -> str:
         # The first token runs out within two seconds; later ones last.
         minted.append(user)
-        return mint_token(secret, user, ttl=2 if len(minted) == 1 else 60)
+        return mint_token(SECRET, user, ttl=2 if len(minted) == 1 else 60)
 
     context.expose_function("mintToken", token)
     pages = tabs(context, server.url, "fay", 2, tokenFrom="fay")
@@ -380,17 +389,14 @@ def test_without_web_locks_or_with_share_tabs_off_each_tab_holds_its_own_stream(
 
 
 def test_a_refused_stream_is_retried_with_a_doubling_back_off_and_a_new_token(
-    start_server: ServerFactory, context: sync_api.BrowserContext
+    jwt_server: ServerProcess, context: sync_api.BrowserContext
 ) -> None:
-    from ssehub.auth import mint_token
-
-    secret = "a-test-secret-that-is-long-enough-for-hs256"
-    server = start_server("--auth", "jwt", "--jwt-secret", secret)
+    server = jwt_server
     calls: list[str] = []
 
     def token(user: str) -> str:
         calls.append(user)  # the first two are refused (401): EventSource gives up
-        return "not-a-token" if len(calls) <= 2 else mint_token(secret, user, ttl=60)
+        return "not-a-token" if len(calls) <= 2 else mint_token(SECRET, user, ttl=60)
 
     context.expose_function("mintToken", token)
     page = tab(context, server.url)
@@ -410,7 +416,7 @@ def test_across_a_restart_of_the_hub_every_tab_gets_what_was_sent_meanwhile(
     store = "sqlite:///data/hub.db"
     env = {"SSEHUB_RETRY_MS": "300"}
     server = start_server(store=store, port=port, env=env)
-    pages = tabs(context, server.url, "kim", 3)
+    pages = tabs(context, server.url, "kim", 2)
     before = publish(server.url, "kim", "before")
     for page in pages:
         wait_for(page, "got.length >= 1")
