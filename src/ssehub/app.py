@@ -13,6 +13,7 @@ from ssehub import __version__
 from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
 from ssehub.api.metrics import add_metrics_route
+from ssehub.api.presence import add_presence_routes
 from ssehub.api.streams import StreamEndpoint, StreamFront
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keepalive=settings.keepalive,
         limits=settings.limits,
         retry_ms=settings.retry_ms,
+        offline_grace=settings.offline_grace,
+        undelivered_after=settings.undelivered_after,
     )
 
     @contextlib.asynccontextmanager
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_health_routes(router, hub)
     add_web_routes(router)
     add_metrics_route(router, hub)
+    add_presence_routes(router, hub, auth)
     app.include_router(router)
     return app
 

@@ -1,14 +1,16 @@
-"""The hub: connection registry, fan-out, keep-alives, presence; the Messenger.
+"""The hub: a `Messenger` over a store, and the engine both front doors hand streams to.
 
 Delivery path: `send` encodes once, the store appends and gives the id, the store's
 listener (`on_event`) builds the frame once and hands it to each open stream of the
-user on this node.
+user on this node. The hub composes parts of one concept each: the connection registry
+(`_registry`), replay (`_replay`), broadcasts (`_broadcasts`), the keep-alive timer
+(`_keepalive`), the store's record of streams and cursors (`_store_presence`), presence
+events (`presence`) and their SSE feed (`_presence_feed`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import datetime
@@ -17,24 +19,25 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
-import orjson
-
 from ssehub import events
+from ssehub._broadcasts import Broadcasts
+from ssehub._keepalive import KeepAlive
 from ssehub._latency import LatencyHistogram
+from ssehub._presence_feed import PresenceFeed
+from ssehub._registry import Registry
+from ssehub._replay import replay
 from ssehub._signals import chain_shutdown_signals
+from ssehub._store_presence import StorePresence
 from ssehub.connection import Connection, FrameSink
-from ssehub.exceptions import LimitExceeded, ServerFull, StoreUnavailable
+from ssehub.exceptions import LimitExceeded, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
 from ssehub.messenger import Message, UserStatus
-from ssehub.presence import DEFAULT_OFFLINE_GRACE, Presence
+from ssehub.presence import DEFAULT_OFFLINE_GRACE, Presence, Published
+from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores.base import Store, UserRecord
 
 logger = logging.getLogger("ssehub.hub")
 
-_PRESENCE_RETRY_SECONDS = 1.0
-_BROADCAST_CHUNK = 1000  # users appended per store round trip
-_BROADCAST_RETRY_SECONDS = 30.0
-_MAX_PENDING_BROADCASTS = 1000
 _CLOSE_DRAIN_SECONDS = 5.0
 
 
@@ -64,6 +67,9 @@ class Hub:
         replay_batch: events read from the store per round trip during replay.
         offline_grace: see `Presence`.
         undelivered_after: see `Presence`.
+
+    Attributes:
+        presence: presence events; ``hub.presence.subscribe(listener)``.
     """
 
     def __init__(
@@ -84,16 +90,26 @@ class Hub:
         self.replay_batch = replay_batch
         self.stats = HubStats()
         self.presence = Presence(offline_grace=offline_grace, undelivered_after=undelivered_after)
-        self._streams: dict[str, list[Connection]] = {}
-        self._open_count = 0
-        self._delivered_ids: dict[str, str] = {}
-        self._presence_dirty: dict[str, list[asyncio.Future[None]]] = {}
-        self._presence_wakeup = asyncio.Event()
+        self.presence.bind(store)
+        self._registry = Registry(self.limits)
+        self._streams = self._registry.streams
+        self._store_presence = StorePresence(store, self._registry.count, self._spawn)
+        self._delivered_ids = self._store_presence.delivered
+        self._track = self.presence.delivered if self.presence.tracks_delivery else None
+        self._broadcasts = Broadcasts(store, self._count_appended)
+        self._feed = PresenceFeed(
+            store, Registry(self.limits), replay_batch=replay_batch, drop_slow=self.drop_slow
+        )
+        self._timer = KeepAlive(
+            keepalive,
+            self._registry,
+            [self._feed.registry],
+            store,
+            drop_slow=self.drop_slow,
+            heartbeat=self.presence.heartbeat,
+        )
+        self._announced: set[str] = set()  # users whose streams here presence knows of
         self._tasks: set[asyncio.Task[None]] = set()
-        # Broadcasts accepted and not yet appended for this node's users (bounded by
-        # _MAX_PENDING_BROADCASTS: past it, broadcast_encoded answers StoreUnavailable).
-        self._broadcasts: collections.deque[tuple[list[str], bytes]] = collections.deque()
-        self._broadcast_wakeup = asyncio.Event()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restore_signals: Callable[[], None] = lambda: None
@@ -111,12 +127,13 @@ class Hub:
             await self.close()
 
     async def start(self) -> None:
-        """Start the store and the hub's two background tasks."""
+        """Start the store and the hub's background tasks."""
         self._loop = asyncio.get_running_loop()
         await self.store.start()
-        self._spawn(self._keepalive_forever(), "ssehub-keepalive")
-        self._spawn(self._presence_forever(), "ssehub-presence")
-        self._spawn(self._broadcast_forever(), "ssehub-broadcast")
+        self._spawn(self._timer.run(), "ssehub-keepalive")
+        self._spawn(self._store_presence.run(), "ssehub-presence")
+        self._spawn(self._broadcasts.run(), "ssehub-broadcast")
+        self._spawn(self.presence.run(), "ssehub-presence-events")
         # Inside a server, SIGINT/SIGTERM end the streams first (see ssehub._signals).
         self._restore_signals = chain_shutdown_signals(self.request_shutdown)
 
@@ -125,8 +142,10 @@ class Hub:
         self._restore_signals()
         self.shutdown_streams()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drain_broadcasts(), _CLOSE_DRAIN_SECONDS)
-        await self._write_presence(list(self._presence_dirty))
+            await asyncio.wait_for(self._broadcasts.drain(), _CLOSE_DRAIN_SECONDS)
+        self._store_presence.closing = True
+        await self._store_presence.flush()
+        await self.presence.finish()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -143,9 +162,8 @@ class Hub:
         """Close every open stream now, telling clients to come back after retry_ms."""
         self._closing = True
         final = events.retry_frame(self.retry_ms)
-        for streams in list(self._streams.values()):
-            for connection in list(streams):
-                connection.close(final)
+        self._registry.close_all(final)
+        self._feed.registry.close_all(final)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -173,13 +191,19 @@ class Hub:
         """Append already-encoded payloads (see `events.encode_payload`)."""
         if not items:
             return []
+        tracked = items if self._track is not None else None
+        if tracked is not None:
+            items = [(user_id, bytes(payload)) for user_id, payload in items]
         started = time.perf_counter()
         stored = await self.store.append_many(items)
         self.stats.store_latency.observe(time.perf_counter() - started)
         self.stats.accepted += len(stored)
         streams = self._streams
         self.stats.queued_offline += sum(1 for user_id, _ in items if user_id not in streams)
-        return [event.id for event in stored]
+        ids = [event.id for event in stored]
+        if tracked is not None:
+            self.presence.accepted(tracked, ids)
+        return ids
 
     async def broadcast(self, data: object, *, event: str | None = None) -> None:
         """Send a message to every connected user, on every node."""
@@ -192,9 +216,9 @@ class Hub:
             StoreUnavailable: the store cannot be reached, or too many broadcasts wait
                 on this node already.
         """
-        if len(self._broadcasts) >= _MAX_PENDING_BROADCASTS:
+        if self._broadcasts.full:
             raise StoreUnavailable("too many broadcasts are waiting; try again shortly")
-        await self.store.publish_broadcast(payload)
+        await self.store.publish_broadcast(bytes(payload))
 
     async def status(self, user_id: str) -> UserStatus:
         """A user's state: connected, disconnected or unknown, with counts."""
@@ -227,7 +251,12 @@ class Hub:
             PayloadTooLarge: the data is larger than ``limits.max_payload_bytes``.
         """
         payload = events.encode_payload(data, event=event)
-        return check_payload(payload, max_bytes=self.limits.max_payload_bytes)
+        payload = check_payload(payload, max_bytes=self.limits.max_payload_bytes)
+        if self._track is not None:  # undelivered messages carry the data as published
+            published = Published(payload)
+            published.message = (data, event)
+            return published
+        return payload
 
     # -- StoreListener ----------------------------------------------------------------
 
@@ -235,6 +264,8 @@ class Hub:
         """Hand a new event's frame to every local stream of its user."""
         streams = self._streams.get(user_id)
         if not streams:
+            if user_id == PRESENCE_LOG:
+                self._feed.on_event(event)
             return
         data = event.frame()
         key = event.key
@@ -243,52 +274,20 @@ class Hub:
                 self.drop_slow(connection)
         self._delivered_ids[user_id] = event.id
         self.stats.delivered += len(streams)
+        if self._track is not None:
+            self._track(user_id, event.id)
 
     def on_broadcast(self, payload: bytes) -> None:
         """Queue a broadcast for each user connected to this node now."""
-        user_ids = list(self._streams)
-        if user_ids:
-            self._broadcasts.append((user_ids, payload))
-            self._broadcast_wakeup.set()
+        self._broadcasts.add(list(self._streams), payload)
 
-    async def _broadcast_forever(self) -> None:
-        # One worker, so broadcasts reach each user in the order they were accepted.
-        while True:
-            await self._broadcast_wakeup.wait()
-            self._broadcast_wakeup.clear()
-            await self._drain_broadcasts()
-
-    async def _drain_broadcasts(self) -> None:
-        while self._broadcasts:
-            user_ids, payload = self._broadcasts[0]
-            for start in range(0, len(user_ids), _BROADCAST_CHUNK):
-                await self._append_retrying(user_ids[start : start + _BROADCAST_CHUNK], payload)
-                await asyncio.sleep(0)  # let publishers and new streams in between chunks
-            self._broadcasts.popleft()
-
-    async def _append_retrying(self, user_ids: list[str], payload: bytes) -> None:
-        # A broadcast was answered 202 already: a store that is busy or briefly away is
-        # waited for (with back-off), not a reason to drop it.
-        delay = 0.05
-        deadline = time.monotonic() + _BROADCAST_RETRY_SECONDS
-        while True:
-            try:
-                appended = await self.store.append_to_all(user_ids, payload)
-            except StoreUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    logger.error("broadcast lost for %d users: %s", len(user_ids), exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            else:
-                self.stats.accepted += appended
-                return
+    def _count_appended(self, appended: int) -> None:
+        self.stats.accepted += appended
 
     def on_disconnect(self, user_id: str) -> None:
         """Close this node's streams of the user."""
         final = events.text_frame(f"User '{user_id}' disconnected", event=events.DISCONNECTED_EVENT)
-        for connection in list(self._streams.get(user_id, ())):
-            connection.close(final)
+        self._registry.close_key(user_id, final)
 
     def drop_slow(self, connection: Connection) -> None:
         """Close a stream whose client does not read what it is sent."""
@@ -301,7 +300,7 @@ class Hub:
     @property
     def open_streams(self) -> int:
         """Streams open on this node."""
-        return self._open_count
+        return self._registry.open_count + self._feed.registry.open_count
 
     @property
     def local_users(self) -> int:
@@ -318,9 +317,10 @@ class Hub:
     ) -> Connection:
         """Register a stream: greet, replay what the user missed, then go live.
 
-        Without ``last_event_id`` the replay starts after the last event delivered to
-        the user (the offline queue). ``expires_at`` (monotonic time) ends the stream
-        when a token expires.
+        Without ``last_event_id`` the stream gets what no stream of the user received
+        (the offline queue), never what another open stream of the user already got.
+        ``expires_at`` (monotonic time) ends the stream when a token expires. The
+        reserved id of the presence log opens a presence feed stream instead.
 
         Raises:
             LimitExceeded: too many streams for this user.
@@ -329,154 +329,85 @@ class Hub:
         """
         if self._closing:
             raise StoreUnavailable("the hub is shutting down")
-        streams = self._streams.get(user_id)
-        if self._open_count >= self.limits.max_connections:
-            self.stats.refused += 1
-            raise ServerFull("too many open streams on this server")
-        if streams is not None and len(streams) >= self.limits.max_connections_per_user:
-            self.stats.refused += 1
-            raise LimitExceeded("too many open streams for this user")
         connection = Connection(user_id, sink, expires_at=expires_at)
-        first = streams is None
-        if streams is None:
-            streams = self._streams[user_id] = []
-        streams.append(connection)
-        self._open_count += 1
+        try:
+            if user_id == PRESENCE_LOG:
+                return await self._feed.open(
+                    sink,
+                    node_open=self.open_streams,
+                    last_event_id=last_event_id,
+                    expires_at=expires_at,
+                )
+            first = self._registry.add(connection, node_open=self.open_streams)
+        except LimitExceeded:
+            self.stats.refused += 1
+            raise
         try:
             if first:
                 await self.store.watch(user_id)
             after = last_event_id
             if after is None:
-                after = (await self.store.get_user(user_id)).cursor
-            await self._replay(connection, after)
-            await self._presence_changed(user_id, wait=True)
+                after = await self._start_after(user_id, first)
+            sink.write(events.greeting_frame(user_id))
+            sink.write(events.KEEPALIVE_FRAME)
+            last, replayed = await replay(
+                self.store, connection, after, batch=self.replay_batch, drop_slow=self.drop_slow
+            )
+            self.stats.replayed += replayed
+            self._note_replayed(user_id, last)
+            await self._store_presence.changed(user_id)
         except BaseException:
             self._forget(connection)
             raise
+        if user_id not in self._announced:
+            self._announced.add(user_id)
+            self.presence.opened(user_id)
         self.stats.connects += 1
-        logger.info("stream opened for user %r (%d open)", user_id, len(streams))
+        logger.info("stream opened for user %r (%d open)", user_id, len(self._streams[user_id]))
         return connection
 
-    async def _replay(self, connection: Connection, after: str | None) -> None:
-        sink = connection.sink
-        sink.write(events.greeting_frame(connection.user_id))
-        sink.write(events.KEEPALIVE_FRAME)
-        first = True
-        while True:
-            result = await self.store.read_after(connection.user_id, after, limit=self.replay_batch)
-            if first and result.reset:
-                notice = {"reason": "history_trimmed", "last_event_id": after}
-                sink.write(
-                    events.frame(
-                        None,
-                        events.encode_payload(
-                            orjson.dumps(notice), event=events.RESET_EVENT, is_json=True
-                        ),
-                    )
-                )
-            elif first and after is not None:
-                connection.last_key = events.event_key(after)
-            first = False
-            for event in result.events:
-                connection.last_key = event.key
-                sink.write(event.frame())
-            self.stats.replayed += len(result.events)
-            if len(result.events) < self.replay_batch:
-                break
-            after = result.events[-1].id
-        if result.events or after is not None:
-            last = result.events[-1].id if result.events else after
-            if last is not None:
-                self._delivered_ids[connection.user_id] = last
-        backlog, connection.backlog = connection.backlog or [], None
-        for key, data in backlog:
-            if not connection.deliver(key, data):
-                self.drop_slow(connection)
-                break
+    async def _start_after(self, user_id: str, first: bool) -> str | None:
+        # Another stream of the user here got everything up to the newest delivered
+        # id; with none here, the ledger knows whether one is open on another node.
+        if not first:
+            delivered = self._delivered_ids.get(user_id)
+            if delivered is not None:
+                return delivered
+        return await self.presence.start_after(user_id)
+
+    def _note_replayed(self, user_id: str, last: str | None) -> None:
+        if last is None:
+            return
+        known = self._delivered_ids.get(user_id)
+        if known is None or events.event_key(known) < events.event_key(last):
+            self._delivered_ids[user_id] = last
+        if self._track is not None:  # a replay in time is a delivery
+            self._track(user_id, self._delivered_ids[user_id])
 
     def release(self, connection: Connection) -> None:
         """Forget a stream that ended, for whatever reason. Idempotent."""
+        if connection.user_id == PRESENCE_LOG:
+            if self._feed.release(connection):
+                self._spawn(self._feed.unwatch_if_idle(), "ssehub-unwatch")
+            return
         if self._forget(connection):
             connection.closed = True
             self.stats.disconnects += 1
             logger.info("stream closed for user %r", connection.user_id)
-            self._presence_dirty.setdefault(connection.user_id, [])
-            self._presence_wakeup.set()
+            self._store_presence.mark(connection.user_id)
 
     def _forget(self, connection: Connection) -> bool:
-        streams = self._streams.get(connection.user_id)
-        if streams is None or connection not in streams:
+        last = self._registry.remove(connection)
+        if last is None:
             return False
-        streams.remove(connection)
-        self._open_count -= 1
-        if not streams:
-            del self._streams[connection.user_id]
+        if last:
             self._spawn(self._unwatch(connection.user_id), "ssehub-unwatch")
+            if connection.user_id in self._announced:
+                self._announced.discard(connection.user_id)
+                self.presence.closed(connection.user_id)
         return True
 
     async def _unwatch(self, user_id: str) -> None:
         if user_id not in self._streams:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.unwatch(user_id)
-
-    # -- presence -------------------------------------------------------------------------
-
-    async def _presence_changed(self, user_id: str, *, wait: bool) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._presence_dirty.setdefault(user_id, []).append(future)
-        self._presence_wakeup.set()
-        if wait:
-            await future
-
-    async def _presence_forever(self) -> None:
-        while True:
-            await self._presence_wakeup.wait()
-            self._presence_wakeup.clear()
-            await self._write_presence(list(self._presence_dirty))
-
-    async def _write_presence(self, user_ids: list[str]) -> None:
-        for user_id in user_ids:
-            waiters = self._presence_dirty.pop(user_id, [])
-            count = len(self._streams.get(user_id, ()))
-            cursor = self._delivered_ids.get(user_id)
-            try:
-                await self.store.set_presence(user_id, connections=count, cursor=cursor)
-            except StoreUnavailable as exc:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                if not self._closing:
-                    self._spawn(self._presence_retry(user_id), "ssehub-presence-retry")
-                continue
-            if count == 0:
-                self._delivered_ids.pop(user_id, None)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def _presence_retry(self, user_id: str) -> None:
-        await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
-        self._presence_dirty.setdefault(user_id, [])
-        self._presence_wakeup.set()
-
-    # -- keep-alive -----------------------------------------------------------------------------
-
-    async def _keepalive_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.keepalive)
-            self._tick()
-            user_ids = list(self._streams)
-            if user_ids:
-                try:
-                    await self.store.refresh_presence(user_ids)
-                except StoreUnavailable:
-                    logger.warning("could not refresh presence: store unavailable")
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        for streams in list(self._streams.values()):
-            for connection in list(streams):
-                if connection.expires_at is not None and now >= connection.expires_at:
-                    connection.close(events.text_frame("token expired", event="expired"))
-                elif not connection.sink.write(events.KEEPALIVE_FRAME):
-                    self.drop_slow(connection)

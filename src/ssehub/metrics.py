@@ -62,6 +62,14 @@ class HubCollector(Collector):
             yield CounterMetricFamily(
                 f"{NAMESPACE}_{name}", text, value=getattr(stats, attribute, 0)
             )
+        transitions = CounterMetricFamily(
+            f"{NAMESPACE}_presence_events",
+            "Presence events this node emitted (user.online, user.offline, message.undelivered).",
+            labels=["type"],
+        )
+        for type_, count in hub.presence.emitted.items():
+            transitions.add_metric([type_], count)
+        yield transitions
         latency = stats.store_latency
         yield HistogramMetricFamily(
             f"{NAMESPACE}_store_append_seconds",

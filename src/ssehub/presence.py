@@ -1,36 +1,64 @@
 """Presence events: a user went online or offline, a message reached nobody in time.
 
 The hub tells this module, through a narrow interface, when a stream of a user opens
-or closes on this node and when a message is accepted or delivered. From that it
-decides, cluster-wide and exactly once, the transitions a backend cares about, and
-hands each one as a `PresenceEvent` to every subscribed `PresenceListener` of the node
-that emits it (the webhook sender is one; an application's own callback may be another).
+or closes on this node and when a message is accepted or delivered (`Presence.opened`,
+`closed`, `accepted`, `delivered`). From that it has the store's presence ledger decide,
+cluster-wide and exactly once, the transitions a backend cares about, and hands each
+one as a `PresenceEvent` to every `PresenceListener` subscribed on the node that emits
+it (the webhook sender is one; an application's own callback or `Presence.events` may
+be others). Every event is also in the presence log, which ``/sse/events/presence``
+serves on every node.
 
 The event types and the JSON body are CONTRACT.md's ("Webhooks").
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
-import datetime
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
+
+import orjson
+
+from ssehub.events import event_key
+from ssehub.exceptions import StoreUnavailable
+from ssehub.stores._presence import (
+    MESSAGE_UNDELIVERED,
+    USER_OFFLINE,
+    USER_ONLINE,
+    Emitted,
+    PresenceLedger,
+    ledger_for,
+    log_payload,
+    rfc3339,
+)
+from ssehub.stores.base import Store
+
+__all__ = [
+    "DEFAULT_OFFLINE_GRACE",
+    "EVENT_TYPES",
+    "MESSAGE_UNDELIVERED",
+    "USER_OFFLINE",
+    "USER_ONLINE",
+    "Presence",
+    "PresenceEvent",
+    "PresenceListener",
+    "PresenceListeners",
+    "Published",
+    "UndeliveredMessage",
+    "rfc3339",
+]
 
 logger = logging.getLogger("ssehub.presence")
 
-USER_ONLINE: Final = "user.online"
-USER_OFFLINE: Final = "user.offline"
-MESSAGE_UNDELIVERED: Final = "message.undelivered"
 EVENT_TYPES: Final = (USER_ONLINE, USER_OFFLINE, MESSAGE_UNDELIVERED)
-
 DEFAULT_OFFLINE_GRACE: Final = 3.0
-
-
-def rfc3339(at: float) -> str:
-    """Unix seconds as RFC 3339 UTC with milliseconds: ``2026-11-30T10:42:21.123Z``."""
-    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+_MAX_TICK: Final = 0.5
+_MIN_TICK: Final = 0.05
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,10 +81,12 @@ class PresenceEvent:
     """One transition, as webhooks and ``/sse/events/presence`` carry it.
 
     Attributes:
-        id: unique per event: the webhook's id and the SSE ``id:``.
+        id: unique per event: the webhook's id and the SSE ``id:`` (an id of the
+            presence log, so ``Last-Event-ID`` resumes after it).
         type: `USER_ONLINE`, `USER_OFFLINE` or `MESSAGE_UNDELIVERED`.
         user_id: the user.
-        at: Unix seconds of the transition (for offline: when the last stream closed).
+        at: Unix seconds of the transition (for offline: when the last stream closed;
+            for undelivered: when the deadline passed).
         message: for `MESSAGE_UNDELIVERED`, the message.
     """
 
@@ -75,11 +105,7 @@ class PresenceEvent:
             "at": rfc3339(self.at),
         }
         if self.message is not None:
-            body["message"] = {
-                "id": self.message.id,
-                "event": self.message.event,
-                "data": self.message.data,
-            }
+            body["message"] = _message_json(self.message)
         return body
 
 
@@ -114,6 +140,58 @@ class PresenceListeners:
             except Exception:  # one listener's bug must not cost the others the event
                 logger.exception("presence listener %r failed", listener)
 
+    async def events(self, *, max_queue: int = 1000) -> AsyncIterator[PresenceEvent]:
+        """Iterate over the events this node emits from now on, until the loop is left.
+
+        Up to ``max_queue`` events wait for a slow reader; past that the oldest is
+        dropped (and logged): the iterator never holds the hub back.
+        """
+        queue: collections.deque[PresenceEvent] = collections.deque()
+        ready = asyncio.Event()
+
+        def put(event: PresenceEvent) -> None:
+            if len(queue) >= max_queue:
+                dropped = queue.popleft()
+                logger.warning("presence iterator too slow: dropped event %s", dropped.id)
+            queue.append(event)
+            ready.set()
+
+        unsubscribe = self.subscribe(put)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                while queue:
+                    yield queue.popleft()
+        finally:
+            unsubscribe()
+
+
+class Published(bytes):
+    """An encoded payload that still carries its message as published.
+
+    The hub encodes messages into these only while undelivered messages are tracked,
+    so that a ``message.undelivered`` event can carry the data as it was given.
+    """
+
+    message: tuple[object, str | None]
+
+
+def _as_published(payload: bytes) -> tuple[object, str | None]:
+    """The data and event name of an encoded payload (text, if it was not `Published`)."""
+    message = getattr(payload, "message", None)
+    if message is not None:
+        data, name = message
+        return data, name
+    name = None
+    lines: list[str] = []
+    for line in payload.decode().split("\n")[:-1]:
+        if line.startswith("event: "):
+            name = line[7:]
+        else:
+            lines.append(line[6:])
+    return "\n".join(lines), name
+
 
 class Presence(PresenceListeners):
     """A node's presence tracker: `Hub.presence`; subscribe to its events here.
@@ -123,7 +201,10 @@ class Presence(PresenceListeners):
             reopened anywhere, before ``user.offline`` (a reload makes no noise).
         undelivered_after: seconds after which a message that reached no stream of its
             user yields ``message.undelivered``; None (the default) turns the check off,
-            and then it costs nothing.
+            and then it costs nothing on the delivery path.
+
+    Attributes:
+        emitted: events this node emitted, by type.
     """
 
     def __init__(
@@ -135,3 +216,179 @@ class Presence(PresenceListeners):
         super().__init__()
         self.offline_grace = offline_grace
         self.undelivered_after = undelivered_after
+        self.tracks_delivery = undelivered_after is not None
+        limits = [offline_grace / 4, _MAX_TICK]
+        if undelivered_after is not None:
+            limits.append(undelivered_after / 4)
+        #: how often offline transitions are looked for, and delivery cursors shared
+        self.tick = max(_MIN_TICK, min(limits))
+        self.emitted: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
+        self._ledger: PresenceLedger | None = None
+        self._ops: collections.deque[tuple[int, Sequence[str], float]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._recent: dict[str, str] = {}  # delivered here since the last share
+        self._accepted: collections.deque[tuple[float, str, str, bytes]] = collections.deque()
+
+    def bind(self, store: Store) -> None:
+        """Take decisions through ``store``'s presence ledger."""
+        self._ledger = ledger_for(store)
+
+    @property
+    def ledger(self) -> PresenceLedger:
+        """The store's presence ledger (after `bind`)."""
+        if self._ledger is None:
+            raise RuntimeError("Presence.bind(store) first")
+        return self._ledger
+
+    # -- fed by the hub -------------------------------------------------------------
+
+    def opened(self, user_id: str) -> None:
+        """The first stream of the user on this node opened."""
+        self._ops.append((_OPENED, (user_id,), time.time()))
+        self._wakeup.set()
+
+    def closed(self, user_id: str) -> None:
+        """The last stream of the user on this node closed."""
+        self._ops.append((_CLOSED, (user_id,), time.time()))
+        self._wakeup.set()
+
+    def heartbeat(self, user_ids: Sequence[str]) -> None:
+        """This node still has streams of these users (every keep-alive)."""
+        if user_ids:
+            self._ops.append((_OPENED, user_ids, time.time()))
+            self._wakeup.set()
+
+    def accepted(self, items: Sequence[tuple[str, bytes]], ids: Sequence[str]) -> None:
+        """Messages were accepted on this node (only while `tracks_delivery`)."""
+        if self.undelivered_after is None:
+            return
+        # Checked one tick after the deadline: other nodes share what they delivered
+        # once a tick.
+        deadline = time.monotonic() + self.undelivered_after + self.tick
+        for (user_id, payload), event_id in zip(items, ids, strict=True):
+            self._accepted.append((deadline, user_id, event_id, payload))
+
+    def delivered(self, user_id: str, event_id: str) -> None:
+        """A stream of the user here got ``event_id`` (only while `tracks_delivery`)."""
+        self._recent[user_id] = event_id
+
+    async def start_after(self, user_id: str) -> str | None:
+        """Where a stream without ``Last-Event-ID`` starts when this node has none of
+        the user's (see `PresenceLedger.start_after`)."""
+        return await self.ledger.start_after(user_id)
+
+    # -- the worker -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Decide and emit transitions for ever (the hub owns the task)."""
+        next_due = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(self.tick):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                await self._apply_ops()
+                if time.monotonic() >= next_due:
+                    next_due = time.monotonic() + self.tick
+                    self._emit_all(await self.ledger.due(self.offline_grace))
+                    if self.undelivered_after is not None:
+                        await self._check_delivery()
+            except StoreUnavailable as exc:
+                logger.warning("presence: store unavailable, retrying: %s", exc)
+                await asyncio.sleep(self.tick)
+
+    async def finish(self) -> None:
+        """Apply what is queued and the ledger's last transitions (the hub stops)."""
+        with_errors = (StoreUnavailable, TimeoutError)
+        try:
+            async with asyncio.timeout(2.0):
+                await self._apply_ops()
+                self._emit_all(await self.ledger.finish())
+        except with_errors as exc:
+            logger.warning("presence: could not record the last transitions: %s", exc)
+
+    async def _apply_ops(self) -> None:
+        ledger = self.ledger
+        while self._ops:
+            kind = self._ops[0][0]
+            batch: list[tuple[str, float, str]] = []
+            count = 0
+            for op_kind, user_ids, at in self._ops:
+                if op_kind != kind or len(batch) >= 1000:
+                    break
+                text = rfc3339(at)
+                batch += ((user_id, at, text) for user_id in user_ids)
+                count += 1
+            if kind == _OPENED:
+                self._emit_all(await ledger.opened(batch))
+            else:
+                await ledger.closed(batch, self.offline_grace)
+            for _ in range(count):  # only once written: a failed call is retried
+                self._ops.popleft()
+
+    async def _check_delivery(self) -> None:
+        assert self.undelivered_after is not None
+        ledger = self.ledger
+        if self._recent:
+            recent, self._recent = self._recent, {}
+            try:
+                await ledger.record_delivered(recent, keep=self.undelivered_after + 60.0)
+            except StoreUnavailable:
+                for user_id, event_id in recent.items():
+                    self._recent.setdefault(user_id, event_id)
+                raise
+        now = time.monotonic()
+        due: list[tuple[float, str, str, bytes]] = []
+        while self._accepted and self._accepted[0][0] <= now and len(due) < 1000:
+            due.append(self._accepted.popleft())
+        if not due:
+            return
+        try:
+            cursors = await ledger.delivered([user_id for _, user_id, _, _ in due])
+            at = time.time() - self.tick
+            text = rfc3339(at)
+            lost: list[tuple[str, str, bytes]] = []
+            for (_, user_id, event_id, payload), cursor in zip(due, cursors, strict=True):
+                if cursor is None or event_key(cursor) < event_key(event_id):
+                    lost.append((user_id, event_id, payload))
+            messages = [(u, UndeliveredMessage(i, *_swap(_as_published(p)))) for u, i, p in lost]
+            payloads = [
+                log_payload(MESSAGE_UNDELIVERED, u, text, _message_json(m)) for u, m in messages
+            ]
+            ids = await ledger.append(payloads) if payloads else []
+        except BaseException:
+            self._accepted.extendleft(reversed(due))  # checked again next tick
+            raise
+        for event_id, (user_id, message) in zip(ids, messages, strict=True):
+            self._emit(PresenceEvent(event_id, MESSAGE_UNDELIVERED, user_id, at, message))
+
+    def _emit_all(self, emitted: list[Emitted]) -> None:
+        for item in emitted:
+            self._emit(PresenceEvent(item.id, item.type, item.user_id, item.at))
+
+    def _emit(self, event: PresenceEvent) -> None:
+        self.emitted[event.type] = self.emitted.get(event.type, 0) + 1
+        logger.info("presence: %s %r (%s)", event.type, event.user_id, event.id)
+        self.emit(event)
+
+
+_OPENED: Final = 1
+_CLOSED: Final = 0
+
+
+def _swap(published: tuple[object, str | None]) -> tuple[str | None, object]:
+    data, name = published
+    return name, data
+
+
+def _message_json(message: UndeliveredMessage) -> dict[str, object]:
+    return {"id": message.id, "event": message.event, "data": message.data}
+
+
+def event_from_log(event_id: str, payload: bytes) -> tuple[str, bytes]:
+    """The type and JSON body (with its id first) of a presence log entry."""
+    body = orjson.loads(payload)
+    return str(body.get("type")), orjson.dumps({"id": event_id, **body})
