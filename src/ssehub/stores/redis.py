@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import _redis_scripts as scripts
+from ssehub.stores._presence import PresenceLedger
 from ssehub.stores._redis_subscriber import BROADCAST_KEEP, Subscriber, format_id
 from ssehub.stores.base import (
     ReadResult,
@@ -273,6 +274,12 @@ class RedisStore(Store):
     async def publish_disconnect(self, user_id: str) -> None:
         async with self._errors_as_unavailable():
             await self._client.publish(self._control_channel, user_id.encode())
+
+    def presence_ledger(self) -> PresenceLedger:
+        """This store's presence capability (see `_redis_presence`)."""
+        from ssehub.stores._redis_presence import RedisLedger
+
+        return RedisLedger(self)
 
     async def watch(self, user_id: str) -> None:
         await self._subscriber.watch(user_id)
