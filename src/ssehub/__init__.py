@@ -21,6 +21,7 @@ from ssehub.exceptions import (
 from ssehub.hub import Hub
 from ssehub.limits import Limits
 from ssehub.messenger import Message, Messenger, UserStatus
+from ssehub.presence import PresenceEvent, PresenceListener, UndeliveredMessage
 from ssehub.settings import Settings
 from ssehub.stores import MemoryStore, Retention, Store, UserState, open_store
 
@@ -38,12 +39,15 @@ __all__ = [
     "Messenger",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PresenceEvent",
+    "PresenceListener",
     "Retention",
     "Settings",
     "SsehubError",
     "Store",
     "StoreUnavailable",
     "StoredEvent",
+    "UndeliveredMessage",
     "UserState",
     "UserStatus",
     "__version__",

@@ -54,8 +54,10 @@ class KeepAlive:
                 registry.tick(now, self._drop_slow)
             user_ids = list(self._users.streams)
             if user_ids:
-                self._heartbeat(user_ids)
                 try:
                     await self._store.refresh_presence(user_ids)
                 except StoreUnavailable:
                     logger.warning("could not refresh presence: store unavailable")
+                # After the refresh: a store that times presence by the ticks has seen
+                # this one.
+                self._heartbeat(user_ids)

@@ -32,7 +32,7 @@ from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
 from ssehub.messenger import Message, UserStatus
-from ssehub.presence import DEFAULT_OFFLINE_GRACE, Presence, Published
+from ssehub.presence import DEFAULT_OFFLINE_GRACE, Presence, TextPayload
 from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores.base import Store, UserRecord
 
@@ -95,7 +95,8 @@ class Hub:
         self._streams = self._registry.streams
         self._store_presence = StorePresence(store, self._registry.count, self._spawn)
         self._delivered_ids = self._store_presence.delivered
-        self._track = self.presence.delivered if self.presence.tracks_delivery else None
+        # The undelivered check's record of deliveries here; None (nothing to do) when off.
+        self._track = self.presence.recent if self.presence.tracks_delivery else None
         self._broadcasts = Broadcasts(store, self._count_appended)
         self._feed = PresenceFeed(
             store, Registry(self.limits), replay_batch=replay_batch, drop_slow=self.drop_slow
@@ -191,19 +192,15 @@ class Hub:
         """Append already-encoded payloads (see `events.encode_payload`)."""
         if not items:
             return []
-        tracked = items if self._track is not None else None
-        if tracked is not None:
-            items = [(user_id, bytes(payload)) for user_id, payload in items]
         started = time.perf_counter()
         stored = await self.store.append_many(items)
         self.stats.store_latency.observe(time.perf_counter() - started)
         self.stats.accepted += len(stored)
         streams = self._streams
         self.stats.queued_offline += sum(1 for user_id, _ in items if user_id not in streams)
-        ids = [event.id for event in stored]
-        if tracked is not None:
-            self.presence.accepted(tracked, ids)
-        return ids
+        if self._track is not None:
+            self.presence.accepted(items, stored)
+        return [event.id for event in stored]
 
     async def broadcast(self, data: object, *, event: str | None = None) -> None:
         """Send a message to every connected user, on every node."""
@@ -252,10 +249,8 @@ class Hub:
         """
         payload = events.encode_payload(data, event=event)
         payload = check_payload(payload, max_bytes=self.limits.max_payload_bytes)
-        if self._track is not None:  # undelivered messages carry the data as published
-            published = Published(payload)
-            published.message = (data, event)
-            return published
+        if self._track is not None and isinstance(data, str):
+            return TextPayload(payload)  # so an undelivered event gives back a string
         return payload
 
     # -- StoreListener ----------------------------------------------------------------
@@ -275,7 +270,7 @@ class Hub:
         self._delivered_ids[user_id] = event.id
         self.stats.delivered += len(streams)
         if self._track is not None:
-            self._track(user_id, event.id)
+            self._track[user_id] = event.id
 
     def on_broadcast(self, payload: bytes) -> None:
         """Queue a broadcast for each user connected to this node now."""
@@ -382,7 +377,7 @@ class Hub:
         if known is None or events.event_key(known) < events.event_key(last):
             self._delivered_ids[user_id] = last
         if self._track is not None:  # a replay in time is a delivery
-            self._track(user_id, self._delivered_ids[user_id])
+            self._track[user_id] = self._delivered_ids[user_id]
 
     def release(self, connection: Connection) -> None:
         """Forget a stream that ended, for whatever reason. Idempotent."""

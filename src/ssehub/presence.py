@@ -2,7 +2,8 @@
 
 The hub tells this module, through a narrow interface, when a stream of a user opens
 or closes on this node and when a message is accepted or delivered (`Presence.opened`,
-`closed`, `accepted`, `delivered`). From that it has the store's presence ledger decide,
+`closed`, `accepted`, and the `recent` deliveries it writes while the undelivered check
+is on). From that it has the store's presence ledger decide,
 cluster-wide and exactly once, the transitions a backend cares about, and hands each
 one as a `PresenceEvent` to every `PresenceListener` subscribed on the node that emits
 it (the webhook sender is one; an application's own callback or `Presence.events` may
@@ -24,7 +25,7 @@ from typing import Final
 
 import orjson
 
-from ssehub.events import event_key
+from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores._presence import (
     MESSAGE_UNDELIVERED,
@@ -48,7 +49,7 @@ __all__ = [
     "PresenceEvent",
     "PresenceListener",
     "PresenceListeners",
-    "Published",
+    "TextPayload",
     "UndeliveredMessage",
     "rfc3339",
 ]
@@ -59,6 +60,7 @@ EVENT_TYPES: Final = (USER_ONLINE, USER_OFFLINE, MESSAGE_UNDELIVERED)
 DEFAULT_OFFLINE_GRACE: Final = 3.0
 _MAX_TICK: Final = 0.5
 _MIN_TICK: Final = 0.05
+_CHECK_BATCH: Final = 10_000  # messages checked per tick at most
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,22 +169,23 @@ class PresenceListeners:
             unsubscribe()
 
 
-class Published(bytes):
-    """An encoded payload that still carries its message as published.
+class TextPayload(bytes):
+    """An encoded payload whose data was published as a string (not a JSON value).
 
-    The hub encodes messages into these only while undelivered messages are tracked,
-    so that a ``message.undelivered`` event can carry the data as it was given.
+    The hub marks payloads so only while undelivered messages are tracked, so that a
+    ``message.undelivered`` event carries the data as it was given. No attributes: it
+    costs a copy, not an object the garbage collector has to follow.
     """
 
-    message: tuple[object, str | None]
+    __slots__ = ()
 
 
-def _as_published(payload: bytes) -> tuple[object, str | None]:
-    """The data and event name of an encoded payload (text, if it was not `Published`)."""
-    message = getattr(payload, "message", None)
-    if message is not None:
-        data, name = message
-        return data, name
+def as_published(payload: bytes, text: bool) -> tuple[object, str | None]:
+    """The data and event name an encoded payload was made from.
+
+    ``text``: the data was a string (see `TextPayload`); otherwise it is parsed back
+    from its compact JSON (and given as text if it is not JSON).
+    """
     name = None
     lines: list[str] = []
     for line in payload.decode().split("\n")[:-1]:
@@ -190,7 +193,13 @@ def _as_published(payload: bytes) -> tuple[object, str | None]:
             name = line[7:]
         else:
             lines.append(line[6:])
-    return "\n".join(lines), name
+    joined = "\n".join(lines)
+    if text:
+        return joined, name
+    try:
+        return orjson.loads(joined), name
+    except orjson.JSONDecodeError:
+        return joined, name
 
 
 class Presence(PresenceListeners):
@@ -226,8 +235,11 @@ class Presence(PresenceListeners):
         self._ledger: PresenceLedger | None = None
         self._ops: collections.deque[tuple[int, Sequence[str], float]] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._recent: dict[str, str] = {}  # delivered here since the last share
-        self._accepted: collections.deque[tuple[float, str, str, bytes]] = collections.deque()
+        #: user -> newest id delivered here since the last share (the hub writes it)
+        self.recent: dict[str, str] = {}
+        # One entry per accepted batch, of flat lists of strings, bytes and int pairs,
+        # which the garbage collector does not have to follow (see `_Accepted`).
+        self._accepted: collections.deque[_Accepted] = collections.deque()
 
     def bind(self, store: Store) -> None:
         """Take decisions through ``store``'s presence ledger."""
@@ -258,19 +270,26 @@ class Presence(PresenceListeners):
             self._ops.append((_OPENED, user_ids, time.time()))
             self._wakeup.set()
 
-    def accepted(self, items: Sequence[tuple[str, bytes]], ids: Sequence[str]) -> None:
-        """Messages were accepted on this node (only while `tracks_delivery`)."""
-        if self.undelivered_after is None:
-            return
-        # Checked one tick after the deadline: other nodes share what they delivered
-        # once a tick.
-        deadline = time.monotonic() + self.undelivered_after + self.tick
-        for (user_id, payload), event_id in zip(items, ids, strict=True):
-            self._accepted.append((deadline, user_id, event_id, payload))
+    def accepted(self, items: Sequence[tuple[str, bytes]], stored: Sequence[StoredEvent]) -> None:
+        """Messages were accepted on this node (only while `tracks_delivery`).
 
-    def delivered(self, user_id: str, event_id: str) -> None:
-        """A stream of the user here got ``event_id`` (only while `tracks_delivery`)."""
-        self._recent[user_id] = event_id
+        A payload whose data was a string is a `TextPayload`. What was delivered, the
+        hub writes to `recent` as it delivers (a dict write, not a call, per delivery).
+        """
+        if self.undelivered_after is not None:
+            # Checked one tick after the deadline: other nodes share what they
+            # delivered once a tick.
+            deadline = time.monotonic() + self.undelivered_after + self.tick
+            self._accepted.append(
+                (
+                    deadline,
+                    [user_id for user_id, _ in items],
+                    [event.key for event in stored],
+                    [event.id for event in stored],
+                    [bytes(payload) for _, payload in items],
+                    bytes([type(payload) is TextPayload for _, payload in items]),
+                )
+            )
 
     async def start_after(self, user_id: str) -> str | None:
         """Where a stream without ``Last-Event-ID`` starts when this node has none of
@@ -332,37 +351,45 @@ class Presence(PresenceListeners):
     async def _check_delivery(self) -> None:
         assert self.undelivered_after is not None
         ledger = self.ledger
-        if self._recent:
-            recent, self._recent = self._recent, {}
+        if self.recent:
+            recent = dict(self.recent)
+            self.recent.clear()  # the hub holds this dict: emptied, never replaced
             try:
                 await ledger.record_delivered(recent, keep=self.undelivered_after + 60.0)
             except StoreUnavailable:
                 for user_id, event_id in recent.items():
-                    self._recent.setdefault(user_id, event_id)
+                    self.recent.setdefault(user_id, event_id)
                 raise
         now = time.monotonic()
-        due: list[tuple[float, str, str, bytes]] = []
-        while self._accepted and self._accepted[0][0] <= now and len(due) < 1000:
+        due: list[_Accepted] = []
+        count = 0
+        while self._accepted and self._accepted[0][0] <= now and count < _CHECK_BATCH:
             due.append(self._accepted.popleft())
+            count += len(due[-1][2])
         if not due:
             return
         try:
-            cursors = await ledger.delivered([user_id for _, user_id, _, _ in due])
+            # One look-up per user per tick, however many messages the user got.
+            users = list({user_id for entry in due for user_id in entry[1]})
+            cursors = await ledger.delivered(users)
+            reached = {u: event_key(c) for u, c in zip(users, cursors, strict=True) if c}
             at = time.time() - self.tick
+            lost: list[tuple[str, UndeliveredMessage]] = []
+            for _, batch_users, keys, ids, payloads, texts in due:
+                for index, user_id in enumerate(batch_users):
+                    cursor = reached.get(user_id)
+                    if cursor is None or cursor < keys[index]:
+                        data, name = as_published(payloads[index], bool(texts[index]))
+                        lost.append((user_id, UndeliveredMessage(ids[index], name, data)))
             text = rfc3339(at)
-            lost: list[tuple[str, str, bytes]] = []
-            for (_, user_id, event_id, payload), cursor in zip(due, cursors, strict=True):
-                if cursor is None or event_key(cursor) < event_key(event_id):
-                    lost.append((user_id, event_id, payload))
-            messages = [(u, UndeliveredMessage(i, *_swap(_as_published(p)))) for u, i, p in lost]
             payloads = [
-                log_payload(MESSAGE_UNDELIVERED, u, text, _message_json(m)) for u, m in messages
+                log_payload(MESSAGE_UNDELIVERED, u, text, _message_json(m)) for u, m in lost
             ]
-            ids = await ledger.append(payloads) if payloads else []
+            emitted = await ledger.append(payloads) if payloads else []
         except BaseException:
             self._accepted.extendleft(reversed(due))  # checked again next tick
             raise
-        for event_id, (user_id, message) in zip(ids, messages, strict=True):
+        for event_id, (user_id, message) in zip(emitted, lost, strict=True):
             self._emit(PresenceEvent(event_id, MESSAGE_UNDELIVERED, user_id, at, message))
 
     def _emit_all(self, emitted: list[Emitted]) -> None:
@@ -375,13 +402,10 @@ class Presence(PresenceListeners):
         self.emit(event)
 
 
+_Accepted = tuple[float, list[str], list[tuple[int, int]], list[str], list[bytes], bytes]
+"""(deadline, users, keys, ids, payloads, 1 where the data was a string)"""
 _OPENED: Final = 1
 _CLOSED: Final = 0
-
-
-def _swap(published: tuple[object, str | None]) -> tuple[str | None, object]:
-    data, name = published
-    return name, data
 
 
 def _message_json(message: UndeliveredMessage) -> dict[str, object]:
