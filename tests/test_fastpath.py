@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from ssehub.app import create_app
-from ssehub.fastpath import StreamProtocol, chunk
+from ssehub.fast import StreamProtocol, chunk
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
 from tests.conftest import ReadyServer, ServerFactory, free_port
@@ -105,16 +105,19 @@ async def test_a_stream_pipelined_behind_another_request_is_answered_after_it(
         await read_until(reader, GREETING)
 
 
-async def test_an_http_1_0_client_gets_its_stream_from_the_app(
+async def test_an_http_1_0_client_gets_a_close_delimited_stream(
     start_server: ServerFactory,
 ) -> None:
+    # HTTP/1.0 has no chunked coding (RFC 9112, 6.1): frames go bare, and the stream
+    # ends when the connection does.
     server = start_server()
     async with raw(server.url) as (reader, writer):
         writer.write(b"GET /sse/connect/ann HTTP/1.0\r\n\r\n")
         head = await read_until(reader, b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK")
         assert b"connection: close\r\n" in head
-        await read_until(reader, GREETING)
+        assert b"transfer-encoding" not in head.lower()
+        assert await read_until(reader, GREETING) == GREETING
 
 
 async def test_a_refused_stream_gets_the_json_error_of_the_app(

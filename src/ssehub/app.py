@@ -14,10 +14,10 @@ from ssehub.api import create_router
 from ssehub.api.health import add_health_routes
 from ssehub.api.metrics import add_metrics_route
 from ssehub.api.presence import add_presence_routes
-from ssehub.api.streams import StreamEndpoint, StreamFront
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
 from ssehub.exceptions import ConfigurationError
+from ssehub.front.portable import StreamEndpoint, StreamFront
 from ssehub.hub import Hub
 from ssehub.settings import Settings
 from ssehub.stores import open_store

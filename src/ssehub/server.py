@@ -22,7 +22,8 @@ from fastapi import FastAPI
 
 from ssehub.app import create_app
 from ssehub.exceptions import ConfigurationError
-from ssehub.fastpath import fast_protocol
+from ssehub.fast import fast_protocol
+from ssehub.front.http1 import HttpProtocol
 from ssehub.logs import configure_logging
 from ssehub.settings import Settings
 from ssehub.stores import open_store
@@ -73,9 +74,9 @@ class HubServer(uvicorn.Server):
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     """The uvicorn settings ssehub runs with.
 
-    Streams take the fast path (`ssehub.fastpath`) unless ``settings.portable``.
+    Streams take the fast path (`ssehub.fast`) unless ``settings.portable``.
     """
-    http: type[asyncio.Protocol] | str = "httptools"
+    http: type[asyncio.Protocol] | str = HttpProtocol
     extra: dict[str, object] = {}
     if settings.http2:
         http = _http2_protocol()

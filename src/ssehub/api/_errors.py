@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from ssehub.exceptions import (
-    AuthenticationFailed,
-    InvalidInput,
-    LimitExceeded,
-    PayloadTooLarge,
-    PermissionDenied,
-    ServerFull,
-    SsehubError,
-    StoreUnavailable,
-)
+from ssehub.exceptions import SsehubError
+from ssehub.front.answers import error_response, json_response
 
-logger = logging.getLogger("ssehub.api")
+__all__ = ["SsehubRoute", "error_response", "error_responses", "json_response"]
 
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -49,38 +39,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         }
         for code in codes
     }
-
-
-def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response, encoded with orjson."""
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-
-def error_response(exc: SsehubError) -> Response:
-    """Map an ssehub exception to its HTTP answer."""
-    headers: dict[str, str] | None = None
-    if isinstance(exc, PayloadTooLarge):
-        status = 413
-    elif isinstance(exc, InvalidInput):
-        status = 400
-    elif isinstance(exc, AuthenticationFailed):
-        status = 401
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, PermissionDenied):
-        status = 403
-    elif isinstance(exc, ServerFull):
-        status = 503
-        headers = {"Retry-After": "1"}
-    elif isinstance(exc, LimitExceeded):
-        status = 429
-        headers = {"Retry-After": "1"}
-    elif isinstance(exc, StoreUnavailable):
-        status = 503
-        headers = {"Retry-After": "1"}
-        logger.warning("store unavailable: %s", exc)
-    else:
-        status = 500
-    return json_response(status, {"detail": str(exc)}, headers)
 
 
 class SsehubRoute(APIRoute):

@@ -1,0 +1,230 @@
+"""HTTP/1.x for both front doors: uvicorn's httptools protocol, corrected where it errs.
+
+``ssehub serve`` runs `HttpProtocol` for every request the app answers (with
+``--portable``, streams included; on the fast path, everything but the streams it takes,
+through its subclass `ssehub.fast.entry.FastHttpProtocol`). What it changes in uvicorn,
+each a case of the conformance suite (``tests/test_conformance.py``):
+
+- **Invalid framing is a 400 before the app runs.** httptools rejects a
+  ``Transfer-Encoding`` that does not end in ``chunked`` only after the head is
+  complete, when uvicorn has already started the request (a stream registered, then
+  dropped); `checks.bad_framing` refuses it, and ``Transfer-Encoding`` on HTTP/1.0,
+  before that.
+- **HTTP/1.0 gets no chunked coding.** uvicorn chunks any body of unknown length,
+  whatever the request's version; an HTTP/1.0 request's cycle is a
+  `CloseDelimitedCycle`, whose body of unknown length is sent bare, and ended by closing
+  the connection (RFC 9112, 6.1 and 6.3).
+- **A request pipelined behind an unfinished response does not stop the reading.**
+  uvicorn stops reading the socket until the response is complete, so behind a stream,
+  which never completes, a client's leaving went unseen until a write failed. Here the
+  socket is still read: the bytes are kept (up to `MAX_HEAD`) to be parsed once the
+  response is complete, and the client leaving ends the running response at once.
+- **Garbage behind a complete request waits its turn.** uvicorn answered it with a 400
+  at once, in the middle of the response still being written; here the connection ends
+  after that response instead.
+- **A head may not grow without bound.** uvicorn with httptools sets no limit; a head
+  still unfinished after `MAX_HEAD` bytes gets a 414 (still in the request line) or 431.
+
+It relies on uvicorn's ``HttpToolsProtocol`` internals (its parser callbacks,
+``send_400_response``, ``on_response_complete``, and its ``cycle``, ``pipeline``,
+``flow`` and ``headers`` attributes) and on ``RequestResponseCycle``'s ``send`` and
+its ``chunked_encoding`` and ``expected_content_length``: ``pyproject.toml`` bounds
+uvicorn's version and the conformance suite and ``tests/test_http1.py`` exercise each.
+"""
+
+from __future__ import annotations
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from ssehub.front.checks import bad_framing
+
+MAX_HEAD = 64 * 1024
+"""Bytes of a request head still unfinished, or of requests pipelined, held at most."""
+
+
+MAX_PIPELINED = 32
+"""Requests queued behind an unfinished response at most; the next one is refused."""
+
+
+def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """About the bytes of a request head: its target and its header names and values."""
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+class Refused(ValueError):
+    """Raised in a parser callback to stop parsing: the request gets `HttpProtocol.refuse`."""
+
+
+class CloseDelimitedCycle(RequestResponseCycle):
+    """uvicorn's request cycle for HTTP/1.0: a body of unknown length is sent bare."""
+
+    _bare = False
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            names = {name.lower() for name, _ in message.get("headers", ())}
+            status = message["status"]
+            if (
+                b"content-length" not in names
+                and b"transfer-encoding" not in names
+                and self.scope["method"] != "HEAD"
+                and status not in (204, 304)
+            ):
+                self._bare = True
+                self.chunked_encoding = False  # so uvicorn adds no transfer-encoding
+        elif self._bare and message["type"] == "http.response.body":
+            # uvicorn checks a body against its length; this body's length is what it is
+            self.expected_content_length = len(message.get("body", b""))
+        await super().send(message)
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the corrections in the module's docstring."""
+
+    _running: RequestResponseCycle | None = None  # the cycle whose app runs
+    _unparsed: list[bytes] | None = None  # read while requests wait in the pipeline
+    _unparsed_size = 0
+    _in_head = False
+    _head_size = 0  # bytes read in earlier pieces while a head is unfinished
+    _piece_size = 0  # bytes of the piece being parsed
+    _refusal: tuple[int, str] | None = None  # the answer to the request just refused
+    _deferred: tuple[int, str] | None = None  # a refusal waiting for the answers before it
+
+    # -- reading ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipeline:
+            self._hold_pipelined(data)
+            return
+        self._piece_size = len(data)
+        continued = self._in_head  # (a head that began in this piece is measured whole)
+        super().data_received(data)
+        if continued and self._in_head and not self.transport.is_closing():
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                # Still in the request line if no header was read yet.
+                self.refuse(431 if self.headers else 414, "Request head too large.")
+
+    def _hold_pipelined(self, data: bytes) -> None:
+        """Keep bytes behind a pipelined request, to parse when its turn comes."""
+        if self._unparsed is None:
+            self._unparsed = []
+        self._unparsed_size += len(data)
+        if self._unparsed_size <= MAX_HEAD:
+            self._unparsed.append(data)
+        elif self._running is not None:
+            # Too much waiting: the connection ends with the running response, and
+            # what waits behind it is never answered.
+            self._running.keep_alive = False
+            self._unparsed.clear()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_size = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        http_version = self.parser.get_http_version()
+        self.check_head(http_version)
+        self.start_request(http_version)
+
+    def check_head(self, http_version: str) -> None:
+        """Refuse a head the app must not see (raises `Refused`)."""
+        if not http_version.startswith("1."):
+            self._refuse_head(505, "HTTP version not supported.")
+        if self._head_size + self._piece_size > MAX_HEAD:  # (rare: only then measured)
+            if len(self.url) > MAX_HEAD:
+                self._refuse_head(414, "Request head too large.")
+            if head_size(self.url, self.headers) > MAX_HEAD:
+                self._refuse_head(431, "Request head too large.")
+        if bad_framing(self.headers, http_version):
+            self._refuse_head(400, "Invalid HTTP request received.")
+
+    def start_request(self, http_version: str) -> None:
+        """Start (or queue) the app's answer to the request whose head was just read."""
+        previous = self.cycle
+        starts = previous is None or previous.response_complete
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is previous:  # a websocket upgrade: uvicorn's websocket protocol answers
+            return
+        if http_version == "1.0":
+            cycle.__class__ = CloseDelimitedCycle
+        if starts:
+            self._running = cycle
+        elif len(self.pipeline) > MAX_PIPELINED:
+            self.pipeline.popleft()  # (the newest: uvicorn queues on the left)
+            self.cycle = previous
+            self._refuse_head(400, "Too many pipelined requests.")
+        else:
+            # uvicorn stopped reading until the running response is complete; read on
+            # (data_received keeps the bytes) so that the client leaving is seen.
+            self.flow.resume_reading()
+
+    def _refuse_head(self, status: int, msg: str) -> None:
+        """Refuse the request whose head was just read, before the app sees it."""
+        self._refusal = (status, msg)
+        raise Refused(msg)  # stops the parser; uvicorn then calls send_400_response
+
+    def on_response_complete(self) -> None:
+        waiting = self.pipeline[-1][0] if self.pipeline else None
+        super().on_response_complete()
+        self._running = waiting
+        if self.pipeline or waiting is not None or self.transport.is_closing():
+            return
+        if self._deferred is not None:
+            self.refuse(*self._deferred)
+        elif self._unparsed:
+            unparsed, self._unparsed, self._unparsed_size = self._unparsed, None, 0
+            self.data_received(b"".join(unparsed))
+
+    # -- answering -------------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        status, msg = self._refusal or (400, msg)
+        self._refusal = None
+        if self.transport.is_closing() or self._deferred is not None:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if not cycle.more_body:
+                # A bad request behind a complete one whose answer is not out yet: it
+                # is answered in its turn (never, behind a stream), not in the middle.
+                self._deferred = (status, msg)
+                return
+            if cycle.response_started:
+                # Inside a body whose answer has begun: no 400 in the middle of it.
+                self.transport.close()
+                return
+        self.refuse(status, msg)
+
+    def refuse(self, status: int, msg: str) -> None:
+        """Answer ``status`` with ``msg`` as plain text, and close the connection."""
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        body = msg.encode("ascii")
+        content += [
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+    # -- the client leaving ----------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            # uvicorn tells only the last request parsed; the running one must know too.
+            running.disconnected = True
+            running.message_event.set()

@@ -1,0 +1,384 @@
+"""The portable door: a stream as an ASGI response, under any ASGI server.
+
+`StreamFront` (``ssehub serve --portable``) or the stream route (ssehub mounted in
+another app) hands a checked stream request to `serve_stream`: one coroutine that
+registers the stream, writes what its `AsgiSink` queues, and notices the client
+leaving (`ClientWatch`, or `TaskWatch` for a ``receive`` it cannot step safely).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http import h11_impl, httptools_impl
+
+from ssehub.auth import Authenticator
+from ssehub.exceptions import SsehubError, StoreUnavailable
+from ssehub.front.answers import RAW_STREAM_HEADERS, error_response, unavailable_answer
+from ssehub.front.checks import (
+    CONNECT_PATH,
+    StreamOpening,
+    check_bare_stream_request,
+    request_mappings,
+)
+from ssehub.front.hold import HoldUntilHead
+from ssehub.hub import Hub
+
+# A stream is its connection's last response (as on the fast path): a request
+# pipelined behind it is never answered. HTTP/2 has no such header, nor the need.
+_HTTP1_STREAM_HEADERS = [*RAW_STREAM_HEADERS, (b"connection", b"close")]
+
+
+def _http1(scope: Scope) -> bool:
+    return str(scope.get("http_version", "1.1")).startswith("1")
+
+
+def stream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The headers of a stream answer to the request of ``scope``."""
+    return list(_HTTP1_STREAM_HEADERS if _http1(scope) else RAW_STREAM_HEADERS)
+
+
+def refusal(response: Response, scope: Scope) -> Response:
+    """``response``, refusing a stream, closing the connection as the fast path does."""
+    if _http1(scope):
+        response.headers["connection"] = "close"
+    return response
+
+
+class AsgiSink(HoldUntilHead):
+    """A bounded queue of bytes drained by the stream's ASGI task.
+
+    Frames are held whole until the response has started (`live`, see
+    `HoldUntilHead`); from then on the queue has its bound. When the queue overflows
+    (the client does not read), the hub closes the sink and the stream's task is
+    cancelled even if it is blocked in ``send``: a client that never reads must not
+    hold its stream forever.
+    """
+
+    __slots__ = ("_chunks", "_size", "_waiter", "closed", "limit", "overflowed", "sender")
+
+    def __init__(self, limit: int) -> None:
+        HoldUntilHead.__init__(self)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.overflowed = False
+        self.sender: asyncio.Task[Any] | None = None
+
+    def write(self, data: bytes) -> bool:
+        if self.closed:
+            return True
+        if self._held is not None:
+            return self.hold(data)
+        if self._size + len(data) > self.limit:
+            self.overflowed = True
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        self.wake()
+        return True
+
+    def close(self, final: bytes | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if final is not None and self.hold(final):
+            return
+        if final:
+            self._chunks.append(final)
+        self.wake()
+        if self.overflowed and self.sender is not None:
+            self.sender.cancel()  # blocked in send() to a client that does not read
+
+    def live(self) -> None:
+        """The response has started: queue what was held, and bound the queue from now on."""
+        held = self.release()
+        self._chunks[:0] = held
+        self._size += sum(len(data) for data in held)
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is something to send: bytes, or the end of the response."""
+        return self.closed or bool(self._chunks)
+
+    def wake(self, _: object = None) -> None:
+        """Wake the task in `wait` (also a future's done callback)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future the next `wake` resolves: a write, the close, or the client's side."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def take_nowait(self) -> bytes:
+        """Return everything queued, without waiting."""
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        return b"".join(chunks)
+
+
+class ClientWatch:
+    """Notices ``http.disconnect`` without a task of its own.
+
+    An ASGI server reports a client that left only through ``receive()``, which a
+    stream would otherwise await in a second task. Here the stream's one task runs the
+    ``receive()`` awaitable itself, a step at a time: `left` advances it as far as it
+    goes without waiting, and whatever it then waits on wakes the sink's `waiter` when
+    done. Between steps the task pumps frames, so one task both writes and listens.
+
+    It does for the awaitable what ``asyncio.Task`` does, and relies on exactly that:
+    an awaitable yields None (wait a loop turn) or an asyncio future whose
+    ``_asyncio_future_blocking`` flag it set (the flag a task clears before waiting on
+    it). That is safe for a server's own ``receive()`` (`steppable`), which awaits only
+    futures; ``tests/test_portable_units.py`` pins both behaviours.
+    """
+
+    __slots__ = ("_blocked", "_receive", "_steps", "_wake", "gone")
+
+    def __init__(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        self._receive = receive
+        self._wake = wake
+        self._steps: Coroutine[Any, Any, Message] | Generator[Any, None, Message] | None = None
+        self._blocked: asyncio.Future[Any] | None = None
+        self.gone = False
+
+    def left(self) -> bool:
+        """Run ``receive()`` until it waits; True once it said ``http.disconnect``."""
+        while not self.gone and (self._blocked is None or self._blocked.done()):
+            if self._steps is None:
+                awaitable = self._receive()
+                if isinstance(awaitable, Coroutine):
+                    self._steps = awaitable  # stepped as is: no wrapper to keep
+                else:
+                    self._steps = awaitable.__await__()
+            self._blocked = None
+            try:
+                yielded = self._steps.send(None)
+            except StopIteration as stop:
+                self._steps = None
+                self.gone = stop.value["type"] == "http.disconnect"
+                continue  # "http.request" (the request's body): receive again
+            if yielded is None:  # a bare yield: go on at the loop's next turn
+                loop = asyncio.get_running_loop()
+                yielded = loop.create_future()
+                loop.call_soon(yielded.set_result, None)
+            else:  # what a Task does with a future its coroutine waits on
+                yielded._asyncio_future_blocking = False
+            yielded.add_done_callback(self._wake)
+            self._blocked = yielded
+        return self.gone
+
+    def close(self) -> None:
+        """Stop listening: close the pending ``receive()`` (its ``finally`` blocks run)."""
+        if self._blocked is not None:
+            self._blocked.remove_done_callback(self._wake)
+            self._blocked = None
+        if self._steps is not None:
+            steps, self._steps = self._steps, None
+            with contextlib.suppress(RuntimeError):
+                steps.close()
+
+
+class TaskWatch:
+    """Notices ``http.disconnect`` in a task of its own: for any ``receive()``.
+
+    What `ClientWatch` does without a task is only safe for a server's own
+    ``receive()``; one wrapped by the host application's middleware may hold anyio task
+    groups or cancel scopes that must stay in the task that awaits them.
+    """
+
+    __slots__ = ("_task", "gone")
+
+    def __init__(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        self.gone = False
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive, wake))
+
+    async def _watch(self, receive: Receive, wake: Callable[[object], None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # "http.request": the request's (empty) body
+        self.gone = True
+        wake(None)
+
+    def left(self) -> bool:
+        """True once the client has left."""
+        return self.gone
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._task.cancel()
+
+
+# The servers whose own receive() awaits nothing but asyncio futures and Events: uvicorn's
+# HTTP/1 request cycles (the receive of a request the app's middleware did not wrap).
+_STEPPABLE = (httptools_impl.RequestResponseCycle, h11_impl.RequestResponseCycle)
+
+
+def steppable(receive: Receive) -> bool:
+    """Whether ``receive`` is a server's own that `ClientWatch` may step."""
+    return isinstance(getattr(receive, "__self__", None), _STEPPABLE)
+
+
+def watch_client(receive: Receive, wake: Callable[[object], None]) -> ClientWatch | TaskWatch:
+    """`ClientWatch` for uvicorn's own ``receive()``, else a `TaskWatch`."""
+    if steppable(receive):
+        return ClientWatch(receive, wake)
+    return TaskWatch(receive, wake)
+
+
+async def serve_stream(
+    hub: Hub,
+    user_id: str,
+    opening: StreamOpening,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Open a stream with the hub and answer with it until either side ends it.
+
+    The only coroutine a portable stream keeps of its own: it registers the stream
+    (or answers the refusal), writes what the sink queues, notices the client leaving
+    (`ClientWatch`) and releases the connection from the hub at the end.
+    """
+    resume, expires_at, accept = opening
+    sink = AsgiSink(hub.limits.buffer_bytes)
+    try:
+        connection = await hub.open(user_id, sink, last_event_id=resume, expires_at=expires_at)
+    except StoreUnavailable as exc:
+        await refusal(unavailable_answer(exc, accept, hub.retry_ms), scope)(scope, receive, send)
+        return
+    except SsehubError as exc:
+        await refusal(error_response(exc), scope)(scope, receive, send)
+        return
+    task = asyncio.current_task()
+    client = watch_client(receive, sink.wake)
+    released = False
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
+        sink.live()
+        while True:
+            if client.left():
+                if sink.overflowed:
+                    return
+                sink.close()  # the client left: end the response
+            if sink.overflowed:
+                # A client that does not read. ASGI cannot drop a connection, and ending
+                # the response would wait for the client to read what is buffered: free
+                # the stream's place in the hub now, then wait for the client to go.
+                if not released:
+                    released = True
+                    sink.take_nowait()
+                    hub.release(connection)
+                await sink.waiter()
+            elif sink.ready:
+                body = sink.take_nowait()
+                final = sink.closed
+                sink.sender = task
+                try:
+                    await send({"type": "http.response.body", "body": body, "more_body": not final})
+                except asyncio.CancelledError:
+                    if not sink.overflowed or task is None or task.uncancel() > 0:
+                        raise
+                finally:
+                    sink.sender = None
+                if final and not sink.overflowed:
+                    return
+            else:
+                await sink.waiter()
+    except OSError:
+        pass  # the client went away mid-write
+    finally:
+        client.close()
+        hub.release(connection)
+
+
+async def answer_head(scope: Scope, receive: Receive, send: Send) -> None:
+    """``HEAD`` of an allowed stream: the stream's headers, and no stream (RFC 9110, 9.3.2)."""
+    await send({"type": "http.response.start", "status": 200, "headers": list(RAW_STREAM_HEADERS)})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class EventStreamResponse(Response):
+    """Opens and streams a checked stream request (see `serve_stream`)."""
+
+    def __init__(self, hub: Hub, user_id: str, opening: StreamOpening) -> None:
+        # Not Response.__init__: it would add "content-length: 0" for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(RAW_STREAM_HEADERS)
+        self._hub = hub
+        self._user_id = user_id
+        self._opening = opening
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        if scope["method"] == "HEAD":
+            return answer_head(scope, receive, send)
+        return serve_stream(self._hub, self._user_id, self._opening, scope, receive, send)
+
+
+class StreamEndpoint:
+    """``GET /sse/connect/{user_id}`` (and ``HEAD``) as a bare ASGI application.
+
+    It checks the user id, the credentials (`Authenticator.subscriber`) and
+    ``Last-Event-ID`` as the documented FastAPI route does and answers the same JSON
+    errors; the stream is then the request's own coroutine, `serve_stream`. No
+    ``Request``, dependency results or exit stacks are held while it is open, and
+    calling the endpoint adds no coroutine of its own. A ``HEAD`` is checked alike and
+    answered with the stream's headers alone: it opens no stream.
+    """
+
+    __slots__ = ("_auth", "_hub")
+
+    def __init__(self, hub: Hub, auth: Authenticator) -> None:
+        self._hub = hub
+        self._auth = auth
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        return self.serve(scope["path_params"]["user_id"], scope, receive, send)
+
+    def serve(
+        self, user_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None]:
+        """Answer the stream request of ``user_id`` (the path's, decoded)."""
+        headers, query = request_mappings(scope["headers"], scope.get("query_string", b""))
+        try:
+            opening = check_bare_stream_request(self._hub, self._auth, user_id, headers, query)
+        except SsehubError as exc:
+            return refusal(error_response(exc), scope)(scope, receive, send)
+        if scope["method"] == "HEAD":
+            return answer_head(scope, receive, send)
+        return serve_stream(self._hub, user_id, opening, scope, receive, send)
+
+
+class StreamFront:
+    """ASGI middleware that answers ``GET /sse/connect/{user_id}`` before the app routes.
+
+    `ssehub serve` adds it inside the app's own middleware (CORS included), so a stream
+    still passes through them, but not through FastAPI's routing, exception handling
+    and exit stacks, which would otherwise stay suspended for the stream's whole life.
+    Any other request, and a path that is not one segment after ``/sse/connect/``,
+    goes on to the app, whose route documents the stream and answers the same way.
+    """
+
+    def __init__(self, app: ASGIApp, endpoint: StreamEndpoint) -> None:
+        self.app = app
+        self._endpoint = endpoint
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            if root_path and path.startswith(root_path + "/"):
+                path = path[len(root_path) :]
+            if path.startswith(CONNECT_PATH):
+                user_id = path[len(CONNECT_PATH) :]
+                if user_id and "/" not in user_id:
+                    return self._endpoint.serve(user_id, scope, receive, send)
+        return self.app(scope, receive, send)
