@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from ssehub import Hub, MemoryStore, create_router
 from ssehub.app import create_app
+from ssehub.front.http1 import HttpProtocol
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
 from tests.conftest import ReadyServer, free_port
@@ -105,3 +106,28 @@ async def test_an_open_portable_stream_is_one_task_outside_fastapis_request_chai
     async with asyncio.timeout(5):
         while hub.open_streams:
             await asyncio.sleep(0.02)
+
+
+async def test_a_mounted_stream_with_a_request_pipelined_behind_is_released_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Plain uvicorn stops reading the socket when a request is pipelined behind an
+    # unfinished answer, so a stream's client leaving goes unseen; a host app that runs
+    # uvicorn with ssehub's HttpProtocol keeps reading, and the stream ends at once.
+    port = free_port()
+    config, hub = library_app(port)
+    config.http = HttpProtocol
+    async with serving(config):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /hub/sse/connect/ann HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /hub/sse/users/ann HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"connected\n\n")
+        assert hub.open_streams == 1
+        writer.close()
+        async with asyncio.timeout(2):  # far less than the keep-alive interval (60 s)
+            while hub.open_streams:
+                await asyncio.sleep(0.02)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

@@ -168,4 +168,5 @@ __all__ = [
     "StreamFront",
     "add_disconnect_route",
     "add_stream_routes",
+    "check_stream_request",
 ]

@@ -4,23 +4,28 @@ Which door answers each kind of request, under ``ssehub serve`` (the fast path's
 `EntryProtocol` reads a connection's first head; `FastHttpProtocol`, uvicorn's protocol
 with ssehub's corrections, reads the rest):
 
-=====================================================  ===================================
+=====================================================  ====================================
 request                                                answered by
-=====================================================  ===================================
+=====================================================  ====================================
 ``GET /sse/connect/<one segment>``, HTTP/1.1           fast path: chunked stream
 the same over HTTP/1.0                                 fast path: close-delimited stream
 the same with ``Upgrade: h2c`` (any but websocket)     fast path: the upgrade is ignored
                                                        (RFC 9110, 7.8)
+the same with anything pipelined behind it             fast path: the stream; what follows
+                                                       is read and never answered
+the same on a kept-alive connection                    fast path (`FastHttpProtocol`)
 the same pipelined behind an unanswered request        app, in turn (uvicorn's pipeline)
 ``Upgrade: websocket``                                 uvicorn's websocket protocol (the
                                                        app has no websocket route: 403)
 ``HEAD /sse/connect/...``                              app: stream headers, no stream
-invalid framing (see `checks.bad_framing`), a          uvicorn's parser: 400, connection
+invalid framing (see `checks.bad_framing`), a          `front.http1`: 400, connection
 malformed head, ``CONNECT``                            closed
-a head still unfinished after 64 KiB                   `front.http1`: 414 or 431
+a head over 64 KiB                                     `front.http1`: 414 or 431
+an HTTP/0.9 or HTTP/2.0 request line                   `front.http1`: 505
+a 33rd request queued behind an unfinished answer      `front.http1`: 400, in its turn
 a path of more segments, a ``root_path``, any other    app
 method or route
-=====================================================  ===================================
+=====================================================  ====================================
 """
 
 from __future__ import annotations

@@ -294,6 +294,11 @@ async def serve_stream(
                 await sink.waiter()
     except OSError:
         pass  # the client went away mid-write
+    except RuntimeError:
+        # A server that did not tell the client left (uvicorn, when a request was
+        # pipelined behind the stream) raises when asked to write to the closed
+        # transport: the client is gone, which is no error of the application's.
+        pass
     finally:
         client.close()
         hub.release(connection)
