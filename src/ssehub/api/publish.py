@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
 from ssehub.api._body import message_fields, read_json
-from ssehub.api._errors import error_responses, json_response
+from ssehub.api._errors import ERROR_SCHEMA, error_responses, json_response
 from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator
 from ssehub.exceptions import InvalidInput, PayloadTooLarge
 from ssehub.hub import Hub
+from ssehub.idempotency import HEADER, Idempotency, IdempotencyKeyReused
 from ssehub.limits import check_user_id
 from ssehub.stores.base import UserState
 
@@ -58,15 +60,32 @@ _STATUS_SCHEMA: dict[str, Any] = {
     },
 }
 _ERRORS = error_responses(400, 401, 403, 413, 503)
+_PUBLISH_ERRORS = {
+    **_ERRORS,
+    422: {
+        "description": "The Idempotency-Key was used already for another request.",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    },
+}
+_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Makes a retry safe: a publish repeated with the same key (same route, "
+    "target and body) answers the first one's answer and delivers nothing twice. "
+    "Kept at least as long as the history.",
+}
 _READ_ERRORS = error_responses(400, 401, 403, 503)
 
 
 def _body_doc(schema: dict[str, Any], example: object) -> dict[str, Any]:
     return {
+        "parameters": [_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": schema, "example": example}},
-        }
+        },
     }
 
 
@@ -77,6 +96,17 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
     """Add the routes that send: one message, a batch, a broadcast."""
     limits = hub.limits
+    once = Idempotency(hub.store, ttl=hub.store.retention.max_age + 60.0)
+
+    async def idempotent(
+        request: Request, scope: str, body: Any, publish: Callable[[], Awaitable[Any]]
+    ) -> Response:
+        # Every publish route answers through here: 202 with the (first) answer.
+        try:
+            answer = await once.run(request.headers.get(HEADER), scope, body, publish)
+        except IdempotencyKeyReused as exc:
+            return json_response(422, {"detail": str(exc)})
+        return json_response(202, answer)
 
     @router.post(
         "/sse/users/{user_id}/messages",
@@ -85,18 +115,22 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         "for the next connect. Answers with the event id and the user's status.",
         status_code=202,
         openapi_extra=_body_doc(_MESSAGE_SCHEMA, {"data": "Your report is ready", "event": None}),
-        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        responses={202: _json({"type": "object"}, "Accepted."), **_PUBLISH_ERRORS},
         tags=["publish"],
     )
     async def send_one(request: Request, user_id: UserIdPath) -> Response:
         check_user_id(user_id, max_length=limits.max_user_id_length)
         auth.publisher(request.headers, request.query_params)
-        data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
-        (event_id,) = await hub.send_encoded([(user_id, hub.encode(data, event))])
-        status = await hub.status(user_id)
-        return json_response(
-            202, {"id": event_id, "user_id": user_id, "status": status.status.value}
-        )
+        body = await read_json(request, max_bytes=limits.max_body_bytes)
+        data, event = message_fields(body)
+        payload = hub.encode(data, event)
+
+        async def publish() -> dict[str, Any]:
+            (event_id,) = await hub.send_encoded([(user_id, payload)])
+            status = await hub.status(user_id)
+            return {"id": event_id, "user_id": user_id, "status": status.status.value}
+
+        return await idempotent(request, f"user {user_id}", body, publish)
 
     @router.post(
         "/sse/messages",
@@ -113,7 +147,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
                 ]
             },
         ),
-        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        responses={202: _json({"type": "object"}, "Accepted."), **_PUBLISH_ERRORS},
         tags=["publish"],
     )
     async def send_batch(request: Request) -> Response:
@@ -124,8 +158,13 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
             raise InvalidInput('body must be {"messages": [...]}')
         if len(messages) > limits.max_batch:
             raise PayloadTooLarge(f"a batch holds at most {limits.max_batch} messages")
-        ids = await hub.send_encoded(batch_items(messages))
-        return json_response(202, {"ids": ids, "count": len(ids)})
+        items = batch_items(messages)
+
+        async def publish() -> dict[str, Any]:
+            ids = await hub.send_encoded(items)
+            return {"ids": ids, "count": len(ids)}
+
+        return await idempotent(request, "batch", body, publish)
 
     def batch_items(messages: list[Any]) -> list[tuple[str, bytes]]:
         # Per message: the hot path of publishing, so the checks are inline and an
@@ -151,14 +190,20 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         summary="Send a message to every connected user",
         status_code=202,
         openapi_extra=_body_doc(_MESSAGE_SCHEMA, {"data": "Maintenance at 22:00"}),
-        responses={202: _json({"type": "object"}, "Accepted."), **_ERRORS},
+        responses={202: _json({"type": "object"}, "Accepted."), **_PUBLISH_ERRORS},
         tags=["publish"],
     )
     async def broadcast(request: Request) -> Response:
         auth.publisher(request.headers, request.query_params)
-        data, event = message_fields(await read_json(request, max_bytes=limits.max_body_bytes))
-        await hub.broadcast_encoded(hub.encode(data, event))
-        return json_response(202, {"status": "accepted"})
+        body = await read_json(request, max_bytes=limits.max_body_bytes)
+        data, event = message_fields(body)
+        payload = hub.encode(data, event)
+
+        async def publish() -> dict[str, Any]:
+            await hub.broadcast_encoded(payload)
+            return {"status": "accepted"}
+
+        return await idempotent(request, "broadcast", body, publish)
 
 
 def add_state_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:

@@ -1,23 +1,11 @@
-"""The Lua scripts of the Redis store; each runs atomically on the Redis server.
+"""The Lua scripts of the Redis stores; each runs atomically on one Redis master.
 
-Key layout under a prefix ``P`` (``ARGV[1]`` of every script is ``"P:"``):
-
-| key | type | holds |
-|---|---|---|
-| ``P:s:<user>`` | stream | the user's events, field ``p`` = payload; expires when idle |
-| ``P:d:<user>`` | string | id of the newest event retention dropped (for reset) |
-| ``P:c:<user>`` | channel | ``"<id> <payload>"`` of each new event |
-| ``P:b`` / ``P:bc`` | stream / channel | broadcasts |
-| ``P:bd:<id>`` | set | users on several nodes a broadcast was appended for (1 min) |
-| ``P:ctl`` | channel | user ids to disconnect |
-| ``P:n:<node>`` | channel | a node's share of a broadcast (see ``APPEND_ALL``) |
-| ``P:users`` | sorted set | known users (score 0, ordered by id) |
-| ``P:u:<user>`` | hash | ``seen`` (Unix time), ``cursor`` (last delivered id) |
-| ``P:p:<user>`` | hash | node id -> open streams of the user on that node |
-| ``P:node:<node>`` | string | a node's heartbeat; expires unless the node refreshes it |
-
-Key names are built inside the scripts, so the store runs on one Redis server (with
-replicas or Sentinel), not on Redis Cluster.
+Key names are in `_redis_keys` (the table there). Every script declares, as
+``KEYS[1]``, one key in the hash slot of everything it touches, so Redis Cluster
+routes it to the master that owns the slot (and answers ``MOVED``/``ASK`` while the
+slot moves); names of the other keys of that slot are built from the hash tags the
+script is given. ``ARGV[1]`` of every per-user script is the prefix with its colon.
+``pub`` is ``PUBLISH`` on one server and ``SPUBLISH`` (sharded) on a cluster.
 """
 
 from __future__ import annotations
@@ -27,6 +15,7 @@ from typing import Final
 # Ids are "ms-seq". Redis numbers in Lua are doubles: exact for the 13-digit
 # millisecond part; a clamped 20-digit id still compares as larger than any real one.
 _HELPERS: Final = """
+local function k(p, kind, t) return p .. kind .. ':{' .. t .. '}' end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -47,8 +36,8 @@ local function now_ms()
 end
 -- Drop events beyond maxlen, and those older than max_age_ms (if > 0); remember the
 -- newest dropped id, so a reader after an older id learns it missed something.
-local function trim(p, user, maxlen, max_age_ms, ttl)
-  local stream = p .. 's:' .. user
+local function trim(p, t, maxlen, max_age_ms, ttl)
+  local stream = k(p, 's', t)
   local newest = false
   local len = redis.call('XLEN', stream)
   if len > maxlen then
@@ -63,76 +52,100 @@ local function trim(p, user, maxlen, max_age_ms, ttl)
   end
   if newest then
     redis.call('XTRIM', stream, 'MINID', succ(newest))
-    redis.call('SET', p .. 'd:' .. user, newest, 'PX', ttl)
+    redis.call('SET', k(p, 'd', t), newest, 'PX', ttl)
   end
 end
 -- Whether this is the first copy of a broadcast for a user (on several nodes, each
 -- node appends a broadcast for the user: only the first does).
-local function first_copy(p, broadcast, user)
-  local fresh = redis.call('SADD', p .. 'bd:' .. broadcast, user) == 1
-  redis.call('PEXPIRE', p .. 'bd:' .. broadcast, 60000)
+local function first_copy(p, broadcast, t)
+  local seen = k(p, 'bd', t)
+  local fresh = redis.call('SADD', seen, broadcast) == 1
+  redis.call('PEXPIRE', seen, 60000)
   return fresh
 end
 -- Append a payload to a user's stream, trimming in steps of `slack`; return its id.
-local function add(p, user, payload, maxlen, slack, ttl)
-  local stream = p .. 's:' .. user
+local function add(p, t, payload, maxlen, slack, ttl)
+  local stream = k(p, 's', t)
   local id = redis.call('XADD', stream, '*', 'p', payload)
-  if redis.call('XLEN', stream) > maxlen + slack then trim(p, user, maxlen, 0, ttl) end
+  if redis.call('XLEN', stream) > maxlen + slack then trim(p, t, maxlen, 0, ttl) end
   redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', p .. 'd:' .. user, ttl)
+  redis.call('PEXPIRE', k(p, 'd', t), ttl)
   return id
+end
+-- An idempotency record: nil when absent, the recorded answer when the same request
+-- (fingerprint) ran already, an error when another request used the key.
+local function recorded(record, fingerprint)
+  if record == '' then return nil end
+  local found = redis.call('GET', record)
+  if not found then return nil end
+  local entry = cjson.decode(found)
+  if entry[1] ~= fingerprint then
+    return redis.error_reply('IDEMPOTENCY key already used for another request')
+  end
+  return entry[2]
+end
+local function record_answer(record, fingerprint, answer, ttl)
+  if record ~= '' then
+    redis.call('SET', record, cjson.encode({fingerprint, answer}), 'PX', ttl)
+  end
 end
 """
 
-# ARGV: prefix, maxlen, slack, ttl_ms, then user, payload, broadcast id triples. Returns
-# the ids (false for a skipped item). XADD and PUBLISH in one script: subscribers see a
-# user's events in id order. A broadcast (id not '') is appended once per user, however
-# many nodes with streams of the user append it.
+# KEYS[1]: a key in the slot of every user of the call. ARGV: prefix, maxlen, slack,
+# ttl_ms, pub, record ('' for none), fingerprint, record ttl_ms, then tag, payload,
+# broadcast id triples. Returns the ids (false for a skipped item). XADD and PUBLISH in
+# one script: subscribers see a user's events in id order. A broadcast (id not '') is
+# appended once per user, however many nodes with streams of the user append it. With
+# a record, a repeated call answers the first one's ids and appends nothing.
 APPEND: Final = (
     _HELPERS
     + """
 local p, maxlen, slack, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local pub, record, fingerprint = ARGV[5], ARGV[6], ARGV[7]
+local before = recorded(record, fingerprint)
+if before then return before end
 local ids = {}
-for i = 5, #ARGV, 3 do
-  local user, payload, broadcast = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 9, #ARGV, 3 do
+  local t, payload, broadcast = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local fresh = true
   -- Only a user with streams on several nodes needs the check (and its memory).
-  if broadcast ~= '' and redis.call('HLEN', p .. 'p:' .. user) > 1 then
-    fresh = first_copy(p, broadcast, user)
+  if broadcast ~= '' and redis.call('HLEN', k(p, 'p', t)) > 1 then
+    fresh = first_copy(p, broadcast, t)
   end
   if fresh then
-    local id = add(p, user, payload, maxlen, slack, ttl)
-    redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
+    local id = add(p, t, payload, maxlen, slack, ttl)
+    redis.call(pub, k(p, 'c', t), id .. ' ' .. payload)
     ids[#ids + 1] = id
   else
     ids[#ids + 1] = false
   end
 end
+record_answer(record, fingerprint, ids, ARGV[8])
 return ids
 """
 )
 
-# ARGV: prefix, maxlen, slack, ttl_ms, node channel, broadcast id, payload, then the
-# users (this node's). The node's share is "<count>\n", count lines "<id> <user>", then
-# the payload. Appends a broadcast for each user, at most once per user however
-# many nodes append it (as APPEND). A user with streams on this node only is not told on
-# its own channel: one message on the node's channel lists all of them (ids and users)
-# with the payload once; published in the same script, it keeps each user's id order
-# for this node's subscriber. Returns the number of events appended.
+# KEYS[1]: as APPEND. ARGV: prefix, maxlen, slack, ttl_ms, pub, node channel ('' to
+# tell each user on its own channel), broadcast id, payload, then user, tag pairs (this
+# node's users). Appends a broadcast for each user, at most once per user however many
+# nodes append it (as APPEND). A user with streams on this node only is not told on its
+# own channel: one message on the node's channel, "<count>\\n", count lines "<id> <user>",
+# then the payload, lists all of them; published in the same script, it keeps each
+# user's id order for this node's subscriber. Returns the number of events appended.
 APPEND_ALL: Final = (
     _HELPERS
     + """
 local p, maxlen, slack, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local node_channel, broadcast, payload = ARGV[5], ARGV[6], ARGV[7]
+local pub, node_channel, broadcast, payload = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local lines = {}
 local appended = 0
-for i = 8, #ARGV do
-  local user = ARGV[i]
-  local shared = redis.call('HLEN', p .. 'p:' .. user) > 1
-  if not (broadcast ~= '' and shared) or first_copy(p, broadcast, user) then
-    local id = add(p, user, payload, maxlen, slack, ttl)
-    if shared then
-      redis.call('PUBLISH', p .. 'c:' .. user, id .. ' ' .. payload)
+for i = 9, #ARGV, 2 do
+  local user, t = ARGV[i], ARGV[i + 1]
+  local shared = redis.call('HLEN', k(p, 'p', t)) > 1
+  if not (broadcast ~= '' and shared) or first_copy(p, broadcast, t) then
+    local id = add(p, t, payload, maxlen, slack, ttl)
+    if shared or node_channel == '' then
+      redis.call(pub, k(p, 'c', t), id .. ' ' .. payload)
     else
       lines[#lines + 1] = id .. ' ' .. user
     end
@@ -141,35 +154,43 @@ for i = 8, #ARGV do
 end
 if #lines > 0 then
   local share = #lines .. '\\n' .. table.concat(lines, '\\n') .. '\\n' .. payload
-  redis.call('PUBLISH', node_channel, share)
+  redis.call(pub, node_channel, share)
 end
 return appended
 """
 )
 
-# ARGV: prefix, maxlen, payload. Returns the broadcast's id.
-BROADCAST: Final = """
-local p = ARGV[1]
-local id = redis.call('XADD', p .. 'b', 'MAXLEN', '~', ARGV[2], '*', 'p', ARGV[3])
-redis.call('PUBLISH', p .. 'bc', id .. ' ' .. ARGV[3])
+# KEYS[1]: the broadcast stream. ARGV: maxlen, payload, channel, pub, record,
+# fingerprint, record ttl_ms. Returns the broadcast's id (the first one's, repeated).
+BROADCAST: Final = (
+    _HELPERS
+    + """
+local record, fingerprint = ARGV[5], ARGV[6]
+local before = recorded(record, fingerprint)
+if before then return before end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', ARGV[2])
+redis.call(ARGV[4], ARGV[3], id .. ' ' .. ARGV[2])
+record_answer(record, fingerprint, id, ARGV[7])
 return id
 """
+)
 
-# ARGV: prefix, user, after ('' for none), limit, maxlen, max_age_ms, ttl_ms.
-# Returns {reset, rows}: reset 1 when events after `after` were dropped, or `after` is
-# beyond the newest id given out (then rows start from the oldest kept event).
+# KEYS[1]: the user's stream. ARGV: prefix, tag, after ('' for none), limit, maxlen,
+# max_age_ms, ttl_ms. Returns {reset, rows}: reset 1 when events after `after` were
+# dropped, or `after` is beyond the newest id given out (then rows start from the
+# oldest kept event).
 READ: Final = (
     _HELPERS
     + """
-local p, user, after, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local stream = p .. 's:' .. user
+local p, t, after, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local stream = k(p, 's', t)
 if redis.call('EXISTS', stream) == 0 then
   if after == '' then return {0, {}} end
   return {1, {}}
 end
-trim(p, user, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+trim(p, t, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 if after == '' then return {0, redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)} end
-local dropped = redis.call('GET', p .. 'd:' .. user)
+local dropped = redis.call('GET', k(p, 'd', t))
 local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local last = dropped
 if #newest > 0 then last = newest[1][1] end
@@ -182,109 +203,81 @@ return {reset, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', limit)}
 """
 )
 
-# ARGV: prefix, user, node, count, now, cursor ('' to keep), ttl_ms.
-# The cursor only moves forward, whichever node writes last.
+# KEYS[1]: the user's stream. ARGV: prefix, tag, node, count, now, cursor ('' to keep),
+# ttl_ms. A node's count holds until its deadline (now + ttl), renewed by REFRESH, so
+# the streams of a node killed with -9 stop counting on their own. The cursor only
+# moves forward, whichever node writes last.
 SET_PRESENCE: Final = (
     _HELPERS
     + """
-local p, user, node, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[7])
+local p, t, node, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if count > 0 then
-  redis.call('HSET', p .. 'p:' .. user, node, count)
+  local deadline = string.format('%.0f', now_ms() + tonumber(ARGV[7]))
+  redis.call('HSET', k(p, 'p', t), node, count .. ' ' .. deadline)
 else
-  redis.call('HDEL', p .. 'p:' .. user, node)
+  redis.call('HDEL', k(p, 'p', t), node)
 end
-redis.call('HSET', p .. 'u:' .. user, 'seen', ARGV[5])
+local u = k(p, 'u', t)
+redis.call('HSET', u, 'seen', ARGV[5])
 local cursor = ARGV[6]
 if cursor ~= '' then
-  local current = redis.call('HGET', p .. 'u:' .. user, 'cursor')
-  if not current or idlt(current, cursor) then
-    redis.call('HSET', p .. 'u:' .. user, 'cursor', cursor)
-  end
+  local current = redis.call('HGET', u, 'cursor')
+  if not current or idlt(current, cursor) then redis.call('HSET', u, 'cursor', cursor) end
 end
-redis.call('ZADD', p .. 'users', 0, user)
 return 1
 """
 )
 
-# ARGV: prefix, node, ttl_ms, now, then user, count pairs. Renews the node's heartbeat
-# and rewrites its counts, so presence heals by itself after Redis lost its data.
-REFRESH: Final = """
+# KEYS[1]: a key in the slot of every user of the call. ARGV: prefix, node, ttl_ms,
+# now, then tag, count pairs. Renews the node's deadlines and rewrites its counts, so
+# presence heals by itself after Redis lost its data.
+REFRESH: Final = (
+    _HELPERS
+    + """
 local p, node = ARGV[1], ARGV[2]
-redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
+local deadline = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
 for i = 5, #ARGV, 2 do
-  local user, count = ARGV[i], tonumber(ARGV[i + 1])
-  if count > 0 then redis.call('HSET', p .. 'p:' .. user, node, count) end
-  redis.call('HSET', p .. 'u:' .. user, 'seen', ARGV[4])
-  redis.call('ZADD', p .. 'users', 0, user)
+  local t, count = ARGV[i], tonumber(ARGV[i + 1])
+  if count > 0 then redis.call('HSET', k(p, 'p', t), node, count .. ' ' .. deadline) end
+  redis.call('HSET', k(p, 'u', t), 'seen', ARGV[4])
 end
 return 1
 """
+)
 
-# ARGV: prefix, maxlen, max_age_ms, ttl_ms, mode, then
-#   mode 'get': user
-#   mode 'list': after ('' for none), limit, state ('' | 'connected' | 'disconnected')
-# Returns {records, next}: records are {user, known, connections, seen, cursor, pending};
-# a list scans at most 1,000 users per call (so one call never blocks Redis for long)
-# and `next` is the user to continue after, or false at the end. Counts of nodes whose
-# heartbeat expired are removed on the way.
-USERS: Final = (
+# KEYS[1]: the user's stream. ARGV: prefix, maxlen, max_age_ms, ttl_ms, user, tag.
+# Returns {user, known, connections, seen, cursor, pending}. Counts whose node missed
+# its deadline are removed on the way.
+USER: Final = (
     _HELPERS
     + """
 local p, maxlen, max_age_ms, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local alive = {}
-local function connections(user)
-  local key = p .. 'p:' .. user
-  local counts = redis.call('HGETALL', key)
-  local total = 0
-  for i = 1, #counts, 2 do
-    local node = counts[i]
-    if alive[node] == nil then
-      alive[node] = redis.call('EXISTS', p .. 'node:' .. node) == 1
-    end
-    if alive[node] then
-      total = total + tonumber(counts[i + 1])
-    else
-      redis.call('HDEL', key, node)
-    end
-  end
-  return total
-end
-local function record(user, conns)
-  local known = 0
-  if redis.call('ZSCORE', p .. 'users', user) then known = 1 end
-  local u = redis.call('HMGET', p .. 'u:' .. user, 'seen', 'cursor')
-  local pending = 0
-  local stream = p .. 's:' .. user
-  if conns == 0 and redis.call('EXISTS', stream) == 1 then
-    trim(p, user, maxlen, max_age_ms, ttl)
-    if u[2] then
-      pending = #redis.call('XRANGE', stream, '(' .. u[2], '+')
-    else
-      pending = redis.call('XLEN', stream)
-    end
-  end
-  return {user, known, conns, u[1], u[2], pending}
-end
-if ARGV[5] == 'get' then
-  local user = ARGV[6]
-  return {{record(user, connections(user))}, false}
-end
-local after, limit, state = ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local out = {}
-local start = '-'
-if after ~= '' then start = '(' .. after end
-local batch = redis.call('ZRANGEBYLEX', p .. 'users', start, '+', 'LIMIT', 0, 1000)
-for i, user in ipairs(batch) do
-  local conns = connections(user)
-  local st = 'disconnected'
-  if conns > 0 then st = 'connected' end
-  if state == '' or state == st then
-    out[#out + 1] = record(user, conns)
-    if #out >= limit then return {out, user} end
+local user, t = ARGV[5], ARGV[6]
+local key = k(p, 'p', t)
+local counts = redis.call('HGETALL', key)
+local now = now_ms()
+local conns = 0
+for i = 1, #counts, 2 do
+  local count, deadline = string.match(counts[i + 1], '^(%d+) (%d+)$')
+  if deadline and tonumber(deadline) > now then
+    conns = conns + tonumber(count)
+  else
+    redis.call('HDEL', key, counts[i])
   end
 end
-if #batch < 1000 then return {out, false} end
-return {out, batch[#batch]}
+local u = redis.call('HMGET', k(p, 'u', t), 'seen', 'cursor')
+local known = 0
+if u[1] then known = 1 end
+local pending = 0
+local stream = k(p, 's', t)
+if conns == 0 and redis.call('EXISTS', stream) == 1 then
+  trim(p, t, maxlen, max_age_ms, ttl)
+  if u[2] then
+    pending = #redis.call('XRANGE', stream, '(' .. u[2], '+')
+  else
+    pending = redis.call('XLEN', stream)
+  end
+end
+return {user, known, conns, u[1], u[2], pending}
 """
 )

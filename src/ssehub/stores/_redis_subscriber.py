@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ssehub.events import StoredEvent
 from ssehub.exceptions import StoreUnavailable
+from ssehub.stores._redis_keys import Keys
 from ssehub.stores.base import StoreListener
 
 if TYPE_CHECKING:
@@ -53,47 +55,70 @@ def parse_id(raw: bytes) -> Key:
 
 
 class Subscriber:
-    """A node's subscriptions; started and closed by the store.
+    """A node's subscriptions on one connection; started and closed by the store.
 
     Args:
         client: the store's client (for gap fills, and the settings of the connection).
-        prefix: key and channel prefix, with its trailing colon.
-        node_channel: this node's own channel (its share of each broadcast).
+        keys: the store's key names.
+        node_channel: this node's own channel (its share of each broadcast), or ''.
         errors: the exceptions that mean Redis cannot be reached.
         fill_limit: events read per user when filling a gap (the retention count).
         reconnect_max: longest pause between reconnection attempts, in seconds.
         ping_interval: seconds between pings; three silent intervals mean a lost link.
         timeout: seconds to wait for a connection or a subscription to be confirmed.
+        connect: makes the connection (default: one like the client's pooled ones).
+        sharded: use sharded pub/sub (``SSUBSCRIBE``; one slot per command).
+        broadcasts: subscribe to the broadcast and control channels (one subscriber of
+            a node does).
+        on_moved: called with a user whose channel Redis unsubscribed on its own (its
+            slot moved to another master); the user is no longer watched here.
     """
 
     def __init__(
         self,
         client: Redis,
         *,
-        prefix: str,
+        keys: Keys,
         node_channel: str,
         errors: tuple[type[BaseException], ...],
         fill_limit: int,
         reconnect_max: float,
         ping_interval: float,
         timeout: float,
+        connect: Callable[[], AbstractConnection] | None = None,
+        sharded: bool = False,
+        broadcasts: bool = True,
+        on_moved: Callable[[str, Key | None], None] | None = None,
     ) -> None:
         self.listener: StoreListener | None = None
         self.up = asyncio.Event()
         self._client = client
-        self._p = prefix
+        self._keys = keys
         self._errors = errors
         self._fill_limit = fill_limit
         self._reconnect_max = reconnect_max
         self._ping_interval = ping_interval
         self._timeout = timeout
-        self._user_channel = (prefix + "c:").encode()
-        self._broadcast_channel = (prefix + "bc").encode()
-        self._control_channel = (prefix + "ctl").encode()
+        self._connect = connect or self._pooled_connection
+        self._on_moved = on_moved
+        prefix = b"s" if sharded else b""
+        self._subscribe_cmd = (prefix + b"subscribe").upper().decode()
+        self._unsubscribe_cmd = (prefix + b"unsubscribe").upper().decode()
+        self._message = prefix + b"message"
+        self._confirmed = prefix + b"subscribe"
+        self._dropped = prefix + b"unsubscribe"
+        self._sharded = sharded
+        self._user_channel = keys.user_channel_head.encode()
+        self._broadcasts = broadcasts
+        self._broadcast_channel = keys.broadcast_channel.encode()
+        self._control = keys.control_channel.encode()
         self._node_channel = node_channel.encode()
         # Users watched by this node -> newest id handed to the listener (or known to
         # be older than anything the subscription will bring): where a gap fill starts.
         self._watched: dict[str, Key | None] = {}
+        self._users: dict[bytes, str] = {}  # channel -> user, for the watched users
+        # Users whose gap is being read after a move: live messages wait until it is.
+        self._held: dict[str, list[tuple[bytes, bytes]]] = {}
         self._last_broadcast: Key | None = None
         self._pending: dict[bytes, list[asyncio.Future[None]]] = {}
         self._sub_lock = asyncio.Lock()
@@ -117,29 +142,56 @@ class Subscriber:
                 await self._task
             self._task = None
 
-    async def watch(self, user_id: str) -> None:
+    def is_up(self) -> bool:
+        """Whether the subscription is connected and caught up."""
+        return self.up.is_set()
+
+    def watching(self) -> bool:
+        """Whether this subscriber watches any user."""
+        return bool(self._watched)
+
+    def take_broadcasts_from(self, other: Subscriber) -> None:
+        """Go on from the last broadcast another subscriber handed on (it moved here)."""
+        self._last_broadcast = other._last_broadcast
+
+    async def watch(self, user_id: str, last: Key | tuple[()] | None = ()) -> None:
         """Subscribe to a user's channel; return once Redis confirmed it.
+
+        Args:
+            user_id: the user.
+            last: the newest id handed on for the user, when another subscriber of
+                the node watched it until now (its slot moved): what was published
+                after it is read from the stream once subscribed. By default, the
+                user's newest id.
 
         Raises:
             StoreUnavailable: not connected, or Redis did not confirm in time.
         """
-        channel = self._user_channel + user_id.encode()
+        channel = self._keys.channel(user_id).encode()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            # Where a gap fill would start: taken before subscribing, so nothing
-            # published after it can be missed (what is seen twice, the hub drops).
-            newest: Any = await self._client.xrevrange(f"{self._p}s:{user_id}", count=1)
-        except self._errors as exc:
-            raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        start: Key | None
+        if not isinstance(last, tuple) or last:
+            start = last
+        else:
+            try:
+                # Where a gap fill would start: taken before subscribing, so nothing
+                # published after it can be missed (what is seen twice, the hub drops).
+                newest: Any = await self._client.xrevrange(self._keys.stream(user_id), count=1)
+            except self._errors as exc:
+                raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+            start = parse_id(newest[0][0]) if newest else None
         async with self._sub_lock:
             conn = self._conn
             if conn is None:
                 raise StoreUnavailable("redis pub/sub is reconnecting")
             if user_id not in self._watched:
-                self._watched[user_id] = parse_id(newest[0][0]) if newest else None
+                self._watched[user_id] = start
+                self._users[channel] = user_id
+                if last != ():
+                    self._held[user_id] = []
             self._pending.setdefault(channel, []).append(future)
             try:
-                await conn.send_command("SUBSCRIBE", channel, check_health=False)
+                await conn.send_command(self._subscribe_cmd, channel, check_health=False)
             except self._errors as exc:
                 self._abandon(channel, future, user_id)
                 raise StoreUnavailable(f"redis: {exc}") from exc
@@ -151,6 +203,18 @@ class Subscriber:
                 self._abandon(channel, future, user_id)
                 await self._unsubscribe(channel)
             raise StoreUnavailable("redis did not confirm the subscription") from exc
+        if user_id in self._held:
+            try:
+                await self._fill_users([user_id])
+            except self._errors as exc:
+                async with self._sub_lock:
+                    self._abandon(channel, future, user_id)
+                    await self._unsubscribe(channel)
+                raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+            finally:
+                held = self._held.pop(user_id, [])
+            for event_id, payload in held:
+                self._deliver(user_id, event_id, payload)
 
     def _abandon(self, channel: bytes, future: asyncio.Future[None], user_id: str) -> None:
         waiting = self._pending.get(channel, [])
@@ -159,24 +223,30 @@ class Subscriber:
         if not waiting:
             self._pending.pop(channel, None)
         self._watched.pop(user_id, None)
+        self._users.pop(channel, None)
+        self._held.pop(user_id, None)
 
-    async def unwatch(self, user_id: str) -> None:
-        """Stop receiving a user's events."""
+    async def unwatch(self, user_id: str) -> Key | tuple[()] | None:
+        """Stop receiving a user's events; return where a gap fill would start (or ())."""
         async with self._sub_lock:
-            if self._watched.pop(user_id, ()) != ():
-                await self._unsubscribe(self._user_channel + user_id.encode())
+            last = self._watched.pop(user_id, ())
+            if last != ():
+                channel = self._keys.channel(user_id).encode()
+                self._users.pop(channel, None)
+                await self._unsubscribe(channel)
+            return last
 
     async def _unsubscribe(self, channel: bytes) -> None:
         # Best effort: a lost connection drops every subscription anyway, and the
         # next one subscribes only to the users still watched.
         if self._conn is not None:
             with contextlib.suppress(*self._errors):
-                await self._conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+                await self._conn.send_command(self._unsubscribe_cmd, channel, check_health=False)
 
     async def _forever(self) -> None:
         delay = 0.05
         while True:
-            conn = self._new_connection()
+            conn = self._connect()
             try:
                 await self._subscribe(conn)
                 delay = 0.05
@@ -195,7 +265,7 @@ class Subscriber:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max)
 
-    def _new_connection(self) -> AbstractConnection:
+    def _pooled_connection(self) -> AbstractConnection:
         pool = self._client.connection_pool
         # No socket timeout on the subscriber: it is idle by design, and its health
         # is checked by pings instead.
@@ -217,15 +287,20 @@ class Subscriber:
         async with asyncio.timeout(self._timeout * 2):
             await conn.connect()  # type: ignore[no-untyped-call]
         async with self._sub_lock:
-            channels = [self._broadcast_channel, self._control_channel, self._node_channel]
-            channels += [self._user_channel + user.encode() for user in self._watched]
-            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+            channels = [self._broadcast_channel, self._control] if self._broadcasts else []
+            channels += [self._node_channel] if self._node_channel else []
+            channels += self._users
+            if self._sharded:  # a sharded subscription takes channels of one slot
+                for channel in channels:
+                    await conn.send_command(self._subscribe_cmd, channel, check_health=False)
+            elif channels:
+                await conn.send_command(self._subscribe_cmd, *channels, check_health=False)
             self._conn = conn
         # Confirmations come before any message published after them.
         for _ in channels:
             reply = await self._read(conn)
-            if reply[0] != b"subscribe":
-                raise StoreUnavailable(f"unexpected reply to SUBSCRIBE: {reply[0]!r}")
+            if reply[0] != self._confirmed:
+                raise StoreUnavailable(f"unexpected reply to subscribe: {reply[0]!r}")
         await self._fill_gaps()
         self.up.set()
         logger.info("redis pub/sub connected (%d users watched)", len(self._watched))
@@ -267,10 +342,10 @@ class Subscriber:
 
     def _dispatch(self, reply: list[bytes]) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message:
             channel, data = reply[1], reply[2]
-            if channel.startswith(self._user_channel):
-                user_id = channel[len(self._user_channel) :].decode()
+            user_id = self._users.get(channel)
+            if user_id is not None:
                 event_id, _, payload = data.partition(b" ")
                 self._deliver(user_id, event_id, payload)
             elif channel == self._node_channel:
@@ -278,9 +353,13 @@ class Subscriber:
             elif channel == self._broadcast_channel:
                 event_id, _, payload = data.partition(b" ")
                 self._deliver_broadcast(event_id, payload)
-            elif channel == self._control_channel and self.listener is not None:
+            elif channel == self._control and self.listener is not None:
                 self.listener.on_disconnect(data.decode())
-        elif kind == b"subscribe":
+        elif kind == self._dropped and reply[1] in self._users and self._on_moved:
+            # Redis dropped a sharded subscription by itself: the slot moved away.
+            user_id = self._users.pop(reply[1])
+            self._on_moved(user_id, self._watched.pop(user_id, None))
+        elif kind == self._confirmed:
             waiting = self._pending.get(reply[1])
             if waiting:
                 future = waiting.pop(0)
@@ -290,6 +369,9 @@ class Subscriber:
                     future.set_result(None)
 
     def _deliver(self, user_id: str, event_id: bytes, payload: bytes) -> None:
+        if self._held and user_id in self._held:
+            self._held[user_id].append((event_id, payload))
+            return
         last = self._watched.get(user_id, ())
         if last == ():
             return
@@ -321,24 +403,34 @@ class Subscriber:
 
     async def _fill_gaps(self) -> None:
         """Hand the listener what was published while no subscription was open."""
-        maxlen = self._fill_limit
-        if self._last_broadcast is None:
-            newest: Any = await self._client.xrevrange(f"{self._p}b", count=1)
+        broadcasts = self._keys.broadcasts
+        if not self._broadcasts:
+            pass
+        elif self._last_broadcast is None:
+            newest: Any = await self._client.xrevrange(broadcasts, count=1)
             self._last_broadcast = parse_id(newest[0][0]) if newest else (0, 0)
         else:
             rows: Any = await self._client.xrange(
-                f"{self._p}b", min=f"({format_id(self._last_broadcast)}", count=BROADCAST_KEEP
+                broadcasts, min=f"({format_id(self._last_broadcast)}", count=BROADCAST_KEEP
             )
             for event_id, fields in rows:
                 self._deliver_broadcast(event_id, fields[b"p"])
-        watched = list(self._watched.items())
-        for start in range(0, len(watched), _FILL_USERS):
-            chunk = watched[start : start + _FILL_USERS]
+        await self._fill_users(list(self._watched))
+
+    async def _fill_users(self, user_ids: list[str]) -> None:
+        """Hand the listener what each user got after the last id handed on."""
+        maxlen = self._fill_limit
+        for start in range(0, len(user_ids), _FILL_USERS):
+            chunk = [u for u in user_ids[start : start + _FILL_USERS] if u in self._watched]
             async with self._client.pipeline(transaction=False) as pipe:
-                for user_id, last in chunk:
+                for user_id in chunk:
+                    last = self._watched[user_id]
                     after = f"({format_id(last)}" if last is not None else "-"
-                    pipe.xrange(f"{self._p}s:{user_id}", min=after, count=maxlen)
+                    pipe.xrange(self._keys.stream(user_id), min=after, count=maxlen)
                 results = await pipe.execute()
-            for (user_id, _), rows in zip(chunk, results, strict=True):
+            for user_id, rows in zip(chunk, results, strict=True):
+                held = self._held.pop(user_id, None)
                 for event_id, fields in rows:
                     self._deliver(user_id, event_id, fields[b"p"])
+                if held is not None:
+                    self._held[user_id] = held

@@ -1,10 +1,13 @@
-"""A store on one Redis server, shared by every ssehub process and machine using it.
+"""A store on Redis, shared by every ssehub process and machine using it.
 
-Design and cost per message: ARCHITECTURE.md, "Redis store and scale-out". In short:
-one stream per user holds ids, history and replay; a Lua script appends and publishes
-on the user's channel in one step; each node subscribes only to the channels of users
-connected to it (see `_redis_subscriber`), and after a lost connection reads the gap
-from the streams.
+One Redis server (``redis://``), a Redis Cluster (``redis+cluster://``) or the master
+that Sentinel names (``redis+sentinel://``). Design and cost per message:
+ARCHITECTURE.md, "Redis store and scale-out". In short: one stream per user holds ids,
+history and replay; a Lua script appends and publishes on the user's channel in one
+step; each node subscribes only to the channels of users connected to it (see
+`_redis_subscriber`), and after a lost connection reads the gap from the streams. All
+of a user's keys share one hash slot (`_redis_keys`), so on a cluster each script runs
+on the master that owns the user.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ssehub import idempotency
 from ssehub.events import StoredEvent, event_key
-from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.exceptions import StoreUnavailable
+from ssehub.stores import _redis_client
 from ssehub.stores import _redis_scripts as scripts
 from ssehub.stores._presence import PresenceLedger
+from ssehub.stores._redis_keys import Keys, by_slot, tag
 from ssehub.stores._redis_subscriber import BROADCAST_KEEP, Subscriber, format_id
 from ssehub.stores.base import (
     ReadResult,
@@ -36,26 +41,19 @@ if TYPE_CHECKING:
 
 _MAX_ID: Final = 2**64 - 1
 _CHUNK: Final = 500  # appends per script call: bounds how long Redis runs one script
+_PARALLEL: Final = 16  # script calls in flight at once for one batch on a cluster
 _DEFAULT_TTL: Final = 15.0
 _MIN_TTL: Final = 3.0  # a busy event loop must not make live users flap
-
-
-def _import_redis() -> Any:
-    try:
-        import redis.asyncio as aioredis
-    except ImportError as exc:  # pragma: no cover - the dev install has it
-        raise ConfigurationError(
-            "the redis:// store needs the redis client: pip install 'ssehub[redis]'"
-        ) from exc
-    return aioredis
+_RETRY_RECORD_MS: Final = 60_000  # how long an append without a client key is remembered
+_USERS_PAGE: Final = 1000
 
 
 class RedisStore(Store):
     """Per-user Redis Streams, pub/sub fan-out and presence with a time-to-live.
 
     Args:
-        client: a ``redis.asyncio.Redis`` with ``decode_responses=False`` and socket
-            timeouts set (`from_url` builds one).
+        client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) with
+            ``decode_responses=False`` and socket timeouts set (`from_url` builds one).
         prefix: namespace of every key and channel.
         retention: events kept per user, by count and age.
         presence_ttl: seconds a node's presence lives without a refresh; None for three
@@ -64,9 +62,15 @@ class RedisStore(Store):
         ping_interval: seconds between pings on the subscriber connection; it is
             declared lost after three intervals without an answer.
         timeout: seconds to wait for a subscription to be confirmed.
+        subscriber: the node's subscriber (a cluster store passes a sharded one);
+            None for one pub/sub connection to ``client``.
     """
 
     shared = True
+    #: Appends keep their idempotency records themselves (see `ssehub.idempotency`).
+    idempotent_appends = True
+    #: Whether keys spread over hash slots (a cluster): calls are split by slot.
+    sharded = False
 
     def __init__(
         self,
@@ -80,17 +84,21 @@ class RedisStore(Store):
         timeout: float = 2.0,
     ) -> None:
         super().__init__(retention=retention)
-        aioredis = _import_redis()
+        aioredis = _redis_client.import_redis()
+        from redis.exceptions import ResponseError
+
         self._client = client
         self._errors: tuple[type[BaseException], ...] = (
             aioredis.RedisError,
             OSError,
             TimeoutError,
         )
-        self._p = prefix + ":"
-        self._control_channel = (self._p + "ctl").encode()
+        self._response_error = ResponseError
+        self._keys = keys = Keys(prefix)
+        self._p = keys.p
+        self._pub = "SPUBLISH" if self.sharded else "PUBLISH"
         self._node = uuid.uuid4().hex
-        self._node_channel = f"{self._p}n:{self._node}"
+        self._node_channel = "" if self.sharded else keys.node_channel(self._node)
         self._presence_ttl = presence_ttl
         self._tick: float | None = None
         self._last_refresh: float | None = None
@@ -106,21 +114,25 @@ class RedisStore(Store):
                 "READ",
                 "SET_PRESENCE",
                 "REFRESH",
-                "USERS",
+                "USER",
             )
         }
         self._presence_lock = asyncio.Lock()
         self._local_counts: dict[str, int] = {}
-        self._subscriber = Subscriber(
-            client,
-            prefix=self._p,
-            node_channel=self._node_channel,
-            errors=self._errors,
-            fill_limit=self.retention.max_events,
-            reconnect_max=reconnect_max,
-            ping_interval=ping_interval,
-            timeout=timeout,
+        self._subscriber = self._new_subscriber(
+            {
+                "keys": keys,
+                "errors": self._errors,
+                "fill_limit": self.retention.max_events,
+                "reconnect_max": reconnect_max,
+                "ping_interval": ping_interval,
+                "timeout": timeout,
+            }
         )
+
+    def _new_subscriber(self, settings: dict[str, Any]) -> Any:
+        """The node's subscriber, with the settings every kind of subscriber takes."""
+        return Subscriber(self._client, node_channel=self._node_channel, **settings)
 
     @classmethod
     def from_url(cls, url: str, *, retention: Retention | None = None) -> RedisStore:
@@ -135,48 +147,8 @@ class RedisStore(Store):
         Raises:
             ConfigurationError: a malformed URL or option, or redis-py is missing.
         """
-        aioredis = _import_redis()
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.retry import Retry
-
-        parts = urlsplit(url)
-        ours: dict[str, Any] = {}
-        rest: list[tuple[str, str]] = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name == "prefix":
-                if not value or any(ch in value for ch in " \r\n"):
-                    raise ConfigurationError(f"bad redis prefix {value!r}")
-                ours[name] = value
-            elif name in ("presence_ttl", "reconnect_max", "ping_interval"):
-                try:
-                    ours[name] = float(value)
-                except ValueError:
-                    raise ConfigurationError(f"redis option {name} must be a number") from None
-                if ours[name] <= 0:
-                    raise ConfigurationError(f"redis option {name} must be greater than 0")
-            else:
-                rest.append((name, value))
-        plain = urlunsplit(parts._replace(query=urlencode(rest)))
-        try:
-            # A bounded pool: a burst of publishes waits for a connection (up to
-            # `timeout`, then 503) instead of opening one connection per request.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                plain,
-                max_connections=32,
-                timeout=2.0,
-                socket_timeout=2.0,
-                socket_connect_timeout=2.0,
-                protocol=2,  # pub/sub messages as plain replies, on every Redis version
-                # One immediate retry replaces a pooled connection that a Redis
-                # restart closed; a Redis that is down still fails at once.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-            pool.connection_class(**pool.connection_kwargs)  # refuses unknown options
-            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"bad redis URL: {exc}") from exc
-        return cls(client, retention=retention, **ours)
+        parsed = _redis_client.parse(url)
+        return cls(_redis_client.single_client(parsed), retention=retention, **parsed.options)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -190,15 +162,12 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await self._subscriber.close()
-        with contextlib.suppress(*self._errors):
-            async with asyncio.timeout(self._timeout):
-                await self._client.delete(f"{self._p}node:{self._node}")
         await self._client.aclose()
 
     async def ping(self) -> None:
         async with self._errors_as_unavailable():
             await self._client.ping()
-        if not self._subscriber.up.is_set():
+        if not self._subscriber.is_up():
             raise StoreUnavailable("redis pub/sub is reconnecting")
 
     @contextlib.asynccontextmanager
@@ -208,46 +177,107 @@ class RedisStore(Store):
         except StoreUnavailable:
             raise
         except self._errors as exc:
+            if isinstance(exc, self._response_error) and str(exc).startswith("IDEMPOTENCY"):
+                raise idempotency.IdempotencyKeyReused from None
             raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+
+    async def _all(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+        """Await calls, at most `_PARALLEL` at a time; raise the first error after all ran."""
+        if len(calls) == 1:
+            return [await calls[0]]
+        gate = asyncio.Semaphore(_PARALLEL)
+
+        async def gated(call: Awaitable[Any]) -> Any:
+            async with gate:
+                return await call
+
+        results = await asyncio.gather(*map(gated, calls), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
     # -- the log ------------------------------------------------------------------
 
+    def _groups(self, user_ids: Sequence[str]) -> list[list[int]]:
+        """Positions of users that one script call may take: one slot on a cluster."""
+        if self.sharded:
+            return list(by_slot(user_ids).values())
+        return [list(range(len(user_ids)))]
+
+    def _record(self, head: str, ordinal: int, intent: idempotency.Intent | None) -> list[Any]:
+        """Idempotency arguments (record, fingerprint, ttl) of one append call.
+
+        Without a client key, a random one still makes a retry of the same call (the
+        client library retries once after a lost connection) append nothing twice.
+        """
+        if intent is None:
+            return [f"{head}:{ordinal}:~{uuid.uuid4().hex}", "", _RETRY_RECORD_MS]
+        return [f"{head}:{ordinal}:{intent.key}", intent.fingerprint, self._stream_ttl_ms]
+
     def _append_args(self) -> list[str | bytes | int]:
-        """The arguments APPEND and APPEND_ALL begin with: prefix, maxlen, slack, ttl."""
+        """The arguments every append script begins with: prefix, maxlen, slack, ttl."""
         maxlen = self.retention.max_events
         # Trim in steps of `slack` events, so the cost of finding what to drop is
         # spread over many appends; reads trim exactly.
-        slack = max(10, maxlen // 10)
-        return [self._p, maxlen, slack, self._stream_ttl_ms]
+        return [self._p, maxlen, max(10, maxlen // 10), self._stream_ttl_ms]
 
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
-        stored: list[StoredEvent] = []
+        intent = idempotency.current()
+        head = [*self._append_args(), self._pub]
+        ids: list[bytes | None] = [None] * len(items)
+        calls: list[Awaitable[None]] = []
+        ordinal = 0
+        for group in self._groups([user_id for user_id, _ in items]):
+            chunks = [group[start : start + _CHUNK] for start in range(0, len(group), _CHUNK)]
+            numbered = list(enumerate(chunks, ordinal))
+            ordinal += len(chunks)
+            calls.append(self._append_group(items, numbered, head, intent, ids))
         async with self._errors_as_unavailable():
-            for start in range(0, len(items), _CHUNK):
-                chunk = items[start : start + _CHUNK]
-                args = self._append_args()
-                for user_id, payload in chunk:
-                    broadcast = getattr(payload, "broadcast_id", "")
-                    args += (user_id, payload, broadcast)
-                ids = await self._scripts["APPEND"](args=args)
-                stored += (
-                    StoredEvent(raw.decode(), bytes(payload))
-                    for raw, (_, payload) in zip(ids, chunk, strict=True)
-                    if raw is not None  # a broadcast another node appended already
-                )
-        return stored
+            await self._all(calls)
+        return [
+            StoredEvent(raw.decode(), bytes(payload))
+            for raw, (_, payload) in zip(ids, items, strict=True)
+            if raw is not None  # a broadcast another node appended already
+        ]
+
+    async def _append_group(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        chunks: list[tuple[int, list[int]]],
+        head: list[Any],
+        intent: idempotency.Intent | None,
+        ids: list[bytes | None],
+    ) -> None:
+        # The chunks of one slot run one after another: a user's events stay in order.
+        for ordinal, chunk in chunks:
+            first = items[chunk[0]][0]
+            args = [*head, *self._record(self._keys.user("i", first), ordinal, intent)]
+            for index in chunk:
+                user_id, payload = items[index]
+                args += (tag(user_id), payload, getattr(payload, "broadcast_id", ""))
+            answer = await self._scripts["APPEND"](keys=[self._keys.stream(first)], args=args)
+            for index, raw in zip(chunk, answer, strict=True):
+                ids[index] = raw
 
     async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
         # One script call and, for users with streams on this node only, one message
-        # back on this node's channel, instead of one per user.
-        broadcast = getattr(payload, "broadcast_id", "")
-        head = [*self._append_args(), self._node_channel, broadcast, payload]
-        appended = 0
+        # back on this node's channel, instead of one per user (on one server).
+        head = [
+            *self._append_args(), self._pub,
+            self._node_channel, getattr(payload, "broadcast_id", ""), payload,
+        ]  # fmt: skip
+        calls = []
+        for group in self._groups(user_ids):
+            for start in range(0, len(group), _CHUNK):
+                chunk = [user_ids[index] for index in group[start : start + _CHUNK]]
+                args = [*head]
+                for user_id in chunk:
+                    args += (user_id, tag(user_id))
+                keys = [self._keys.stream(chunk[0])]
+                calls.append(self._scripts["APPEND_ALL"](keys=keys, args=args))
         async with self._errors_as_unavailable():
-            for start in range(0, len(user_ids), _CHUNK):
-                chunk = list(user_ids[start : start + _CHUNK])
-                appended += int(await self._scripts["APPEND_ALL"](args=[*head, *chunk]))
-        return appended
+            return sum(int(count) for count in await self._all(calls))
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
         after = ""
@@ -256,11 +286,11 @@ class RedisStore(Store):
             huge = ms > _MAX_ID or seq > _MAX_ID
             after = format_id((_MAX_ID, _MAX_ID) if huge else (ms, seq))
         args: list[str | int] = [
-            self._p, user_id, after, limit,
+            self._p, tag(user_id), after, limit,
             self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
         ]  # fmt: skip
         async with self._errors_as_unavailable():
-            reset, rows = await self._scripts["READ"](args=args)
+            reset, rows = await self._scripts["READ"](keys=[self._keys.stream(user_id)], args=args)
         return ReadResult(
             [StoredEvent(raw.decode(), fields[1]) for raw, fields in rows], bool(reset)
         )
@@ -268,12 +298,19 @@ class RedisStore(Store):
     # -- fan-out ------------------------------------------------------------------
 
     async def publish_broadcast(self, payload: bytes) -> None:
+        intent = idempotency.current()
+        record = self._record(self._keys.broadcast_record(""), 0, intent)
+        keys = self._keys
+        args = [BROADCAST_KEEP, payload, keys.broadcast_channel, self._pub, *record]
         async with self._errors_as_unavailable():
-            await self._scripts["BROADCAST"](args=[self._p, BROADCAST_KEEP, payload])
+            await self._scripts["BROADCAST"](keys=[keys.broadcasts], args=args)
 
     async def publish_disconnect(self, user_id: str) -> None:
+        # Every node hears it, whether or not it holds a stream of the user: on a
+        # cluster through the shard of the broadcast slot (disconnects are rare).
+        channel = self._keys.control_channel
         async with self._errors_as_unavailable():
-            await self._client.publish(self._control_channel, user_id.encode())
+            await self._client.execute_command(self._pub, channel, user_id.encode())  # type: ignore[no-untyped-call]
 
     def presence_ledger(self) -> PresenceLedger:
         """This store's presence capability (see `_redis_presence`)."""
@@ -303,12 +340,13 @@ class RedisStore(Store):
         else:
             self._local_counts.pop(user_id, None)
         args: list[str | int] = [
-            self._p, user_id, self._node, connections, repr(time.time()),
+            self._p, tag(user_id), self._node, connections, repr(time.time()),
             cursor or "", self._ttl_ms(),
         ]  # fmt: skip
+        write = self._scripts["SET_PRESENCE"](keys=[self._keys.stream(user_id)], args=args)
         # One writer at a time, so a refresh never lands after a newer count.
         async with self._presence_lock, self._errors_as_unavailable():
-            await self._scripts["SET_PRESENCE"](args=args)
+            await self._all([write, self._client.zadd(self._keys.users, {user_id: 0})])
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         now = time.monotonic()
@@ -316,47 +354,73 @@ class RedisStore(Store):
             interval = now - self._last_refresh
             self._tick = interval if self._tick is None else min(self._tick, interval)
         self._last_refresh = now
+        if not user_ids:
+            return
         async with self._presence_lock:
-            args: list[str | int] = [self._p, self._node, self._ttl_ms(), repr(time.time())]
-            for user_id in user_ids:
-                args += (user_id, self._local_counts.get(user_id, 0))
+            head: list[str | int] = [self._p, self._node, self._ttl_ms(), repr(time.time())]
+            calls: list[Awaitable[Any]] = []
+            for group in self._groups(user_ids):
+                for start in range(0, len(group), _CHUNK):
+                    chunk = [user_ids[index] for index in group[start : start + _CHUNK]]
+                    args = [*head]
+                    for user_id in chunk:
+                        args += (tag(user_id), self._local_counts.get(user_id, 0))
+                    keys = [self._keys.stream(chunk[0])]
+                    calls.append(self._scripts["REFRESH"](keys=keys, args=args))
+            for start in range(0, len(user_ids), _USERS_PAGE):
+                known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
+                calls.append(self._client.zadd(self._keys.users, known))
             async with self._errors_as_unavailable():
-                await self._scripts["REFRESH"](args=args)
+                await self._all(calls)
 
-    def _records(self, rows: list[list[Any]]) -> list[UserRecord]:
-        return [
-            UserRecord(
-                user.decode(),
-                bool(known),
-                int(conns),
-                float(seen) if seen is not None else None,
-                cursor.decode() if cursor is not None else None,
-                int(pending),
+    async def _user_rows(self, user_ids: Sequence[str]) -> list[list[Any]]:
+        head: list[str | int] = [
+            self._p, self.retention.max_events, self._max_age_ms, self._stream_ttl_ms
+        ]  # fmt: skip
+        calls = [
+            self._scripts["USER"](
+                keys=[self._keys.stream(user_id)], args=[*head, user_id, tag(user_id)]
             )
-            for user, known, conns, seen, cursor, pending in rows
+            for user_id in user_ids
         ]
+        async with self._errors_as_unavailable():
+            return await self._all(calls)
 
-    def _users_args(self) -> list[str | int]:
-        return [self._p, self.retention.max_events, self._max_age_ms, self._stream_ttl_ms]
+    @staticmethod
+    def _record_of(row: list[Any]) -> UserRecord:
+        user, known, conns, seen, cursor, pending = row
+        return UserRecord(
+            user.decode(),
+            bool(known),
+            int(conns),
+            float(seen) if seen is not None else None,
+            cursor.decode() if cursor is not None else None,
+            int(pending),
+        )
 
     async def get_user(self, user_id: str) -> UserRecord:
-        async with self._errors_as_unavailable():
-            rows, _ = await self._scripts["USERS"](args=[*self._users_args(), "get", user_id])
-        return self._records(rows)[0]
+        (row,) = await self._user_rows([user_id])
+        return self._record_of(row)
 
     async def list_users(
         self, *, state: UserState | None = None, after: str | None = None, limit: int = 100
     ) -> list[UserRecord]:
         if state is UserState.UNKNOWN or limit <= 0:
             return []  # only known users are listed
-        wanted = state.value if state is not None else ""
         records: list[UserRecord] = []
-        cursor: str | bytes = after or ""
+        start: str | bytes = "(" + after if after else "-"
         while len(records) < limit:
-            args = [*self._users_args(), "list", cursor, limit - len(records), wanted]
             async with self._errors_as_unavailable():
-                rows, cursor = await self._scripts["USERS"](args=args)
-            records += self._records(rows)
-            if cursor is None:
+                page: Any = await self._client.zrangebylex(
+                    self._keys.users, start, "+", start=0, num=min(_USERS_PAGE, limit * 4)
+                )
+            if not page:
                 break
+            for row in await self._user_rows([raw.decode() for raw in page]):
+                record = self._record_of(row)
+                if state is None or record.state is state:
+                    records.append(record)
+                    if len(records) == limit:
+                        break
+            start = b"(" + page[-1]
         return records

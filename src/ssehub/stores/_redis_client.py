@@ -1,0 +1,176 @@
+"""Redis clients for the store URLs: one server, a Cluster, or a master Sentinel names.
+
+Every client has short socket timeouts (a Redis that does not answer never hangs a
+request) and connections that report a write on a closed socket as a connection error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ssehub.exceptions import ConfigurationError
+
+_TIMEOUT: Final = 2.0
+_NUMBERS: Final = ("presence_ttl", "reconnect_max", "ping_interval")
+
+
+def import_redis() -> Any:
+    """``redis.asyncio``, or a ConfigurationError that says how to install it."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError as exc:  # pragma: no cover - the dev install has it
+        raise ConfigurationError(
+            "the redis:// store needs the redis client: pip install 'ssehub[redis]'"
+        ) from exc
+    return aioredis
+
+
+def closed_safe(base: type[Any]) -> type[Any]:
+    """A subclass of a redis-py connection class for which a lost socket is an error.
+
+    uvloop raises ``RuntimeError`` (not ``OSError``) for a write on a transport the
+    peer closed already: a connection that a proxy in front of a dead master accepts
+    and drops. redis-py lets that through as it is, so a publish answered 500; here it
+    becomes the ``ConnectionError`` it is (retried once, then a 503).
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        try:
+            await base.send_packed_command(self, command, check_health)
+        except RuntimeError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error writing to socket: {exc}") from exc
+
+    return type(base.__name__, (base,), {"send_packed_command": send_packed_command})
+
+
+@dataclasses.dataclass
+class StoreURL:
+    """A store URL taken apart: ssehub's options, and the rest for redis-py.
+
+    Attributes:
+        options: ssehub's options (``prefix`` and the numbers in ``_NUMBERS``).
+        plain: the URL without ssehub's options.
+        hosts: the ``host:port`` list of a cluster or Sentinel URL.
+    """
+
+    options: dict[str, Any]
+    plain: str
+    hosts: list[tuple[str, int]]
+    path: str
+    query: dict[str, str]
+
+
+def parse(url: str) -> StoreURL:
+    """Split a store URL.
+
+    Raises:
+        ConfigurationError: a malformed option.
+    """
+    parts = urlsplit(url)
+    ours: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "prefix":
+            if not value or any(ch in value for ch in " \r\n{}"):
+                raise ConfigurationError(f"bad redis prefix {value!r}")
+            ours[name] = value
+        elif name in _NUMBERS:
+            try:
+                ours[name] = float(value)
+            except ValueError:
+                raise ConfigurationError(f"redis option {name} must be a number") from None
+            if ours[name] <= 0:
+                raise ConfigurationError(f"redis option {name} must be greater than 0")
+        else:
+            rest.append((name, value))
+    hosts: list[tuple[str, int]] = []
+    netloc = parts.netloc.rpartition("@")[2]
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if host and port.isdigit():
+            hosts.append((host.strip("[]"), int(port)))
+        elif item:
+            hosts.append((item, 0))
+    plain = urlunsplit(parts._replace(query=urlencode(rest)))
+    return StoreURL(ours, plain, hosts, parts.path, dict(rest))
+
+
+def _retry() -> Any:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    # One immediate retry replaces a pooled connection that a Redis restart closed; a
+    # Redis that is down still fails at once. A script an attempt ran already is not
+    # run twice: every append carries an idempotency record (see `RedisStore`).
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+def single_client(url: StoreURL) -> Any:
+    """A client of one Redis server (``redis://``, ``rediss://``, ``unix://``).
+
+    Raises:
+        ConfigurationError: a malformed URL or an unknown option.
+    """
+    aioredis = import_redis()
+    try:
+        # A bounded pool: a burst of publishes waits for a connection (up to
+        # `timeout`, then 503) instead of opening one connection per request.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url.plain,
+            max_connections=32,
+            timeout=_TIMEOUT,
+            socket_timeout=_TIMEOUT,
+            socket_connect_timeout=_TIMEOUT,
+            protocol=2,  # pub/sub messages as plain replies, on every Redis version
+            retry=_retry(),
+        )
+        pool.connection_class = closed_safe(pool.connection_class)
+        pool.connection_class(**pool.connection_kwargs)  # refuses unknown options
+        return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"bad redis URL: {exc}") from exc
+
+
+def cluster_client(url: StoreURL) -> Any:
+    """A client of a Redis Cluster, found from the seed nodes of a ``redis+cluster://`` URL.
+
+    Raises:
+        ConfigurationError: no seed node, or an unknown option.
+    """
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.connection import Connection
+
+    if not url.hosts or any(port <= 0 for _, port in url.hosts):
+        raise ConfigurationError(
+            "a redis+cluster:// URL names its seed nodes: redis+cluster://HOST:PORT[,HOST:PORT]"
+        )
+    options: dict[str, Any] = {}
+    for name, value in url.query.items():
+        if name not in ("socket_timeout", "socket_connect_timeout", "max_connections"):
+            raise ConfigurationError(f"unknown redis+cluster option {name!r}")
+        try:
+            options[name] = int(value) if name == "max_connections" else float(value)
+        except ValueError:
+            raise ConfigurationError(f"redis option {name} must be a number") from None
+    try:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+            socket_timeout=options.get("socket_timeout", _TIMEOUT),
+            socket_connect_timeout=options.get("socket_connect_timeout", _TIMEOUT),
+            max_connections=options.get("max_connections", 32),  # per master
+            protocol=2,
+            # redis-py's default retry: a command to a master that died is tried a
+            # few times (with back-off), the slot map read again, then a 503.
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"bad redis+cluster URL: {exc}") from exc
+    safe = closed_safe(Connection)
+    client.connection_kwargs["connection_class"] = safe
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = safe
+    return client
