@@ -12,10 +12,12 @@ import pytest
 from ssehub.events import StoredEvent, event_key
 from ssehub.stores import MemoryStore, Retention, Store
 from ssehub.stores.redis import RedisStore
+from ssehub.stores.redis_cluster import RedisClusterStore
 from ssehub.stores.sqlite import SqliteStore
+from tests.redis_cluster import cluster_url, forget_cluster_prefix
 from tests.redis_server import forget_prefix, redis_url
 
-STORE_KINDS = ["memory", "sqlite", "redis"]
+STORE_KINDS = ["memory", "sqlite", "redis", "cluster"]
 
 
 class RecordingListener:
@@ -73,10 +75,13 @@ class StoreFactory:
         if self.kind == "sqlite":
             path = self.tmp_path / f"store-{len(self.stores)}.db"
             return SqliteStore(path, retention=retention)
-        url = redis_url()
-        separator = "&" if "?" in url else "?"
         prefix = f"test-{uuid.uuid4().hex}"  # a fresh key space for every store
         self.prefixes.append(prefix)
+        if self.kind == "cluster":
+            url = f"{cluster_url()}?prefix={prefix}&ping_interval=0.2"
+            return RedisClusterStore.from_url(url, retention=retention)
+        url = redis_url()
+        separator = "&" if "?" in url else "?"
         return RedisStore.from_url(f"{url}{separator}prefix={prefix}", retention=retention)
 
     async def __call__(
@@ -93,7 +98,10 @@ class StoreFactory:
         for store in reversed(self.stores):
             await store.close()
         for prefix in self.prefixes:
-            forget_prefix(prefix)
+            if self.kind == "cluster":
+                forget_cluster_prefix(cluster_url(), prefix)
+            else:
+                forget_prefix(prefix)
 
 
 @pytest.fixture(params=STORE_KINDS)

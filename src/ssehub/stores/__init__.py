@@ -1,6 +1,8 @@
 """Stores and the factory that turns a URL into one.
 
-``memory://``, ``sqlite:///path/to/file.db`` and ``redis://host:port/db``.
+``memory://``, ``sqlite:///path/to/file.db``, ``redis://host:port/db``,
+``redis+cluster://host:port[,host:port...]`` and
+``redis+sentinel://host:port[,host:port...]/master_name[/db]``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ def open_store(url: str, *, retention: Retention | None = None) -> Store:
 
         redis_store: Store = RedisStore.from_url(url, retention=retention)
         return redis_store
+    if scheme == "redis+cluster":
+        from ssehub.stores.redis_cluster import RedisClusterStore
+
+        cluster_store: Store = RedisClusterStore.from_url(url, retention=retention)
+        return cluster_store
     raise ConfigurationError(
-        f"unknown store URL {url!r}: use memory://, sqlite:///path/to/file.db "
-        "or redis://host:port/db"
+        f"unknown store URL {url!r}: use memory://, sqlite:///path/to/file.db, "
+        "redis://host:port/db or redis+cluster://host:port[,host:port...]"
     )

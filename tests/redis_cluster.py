@@ -1,0 +1,178 @@
+"""Redis Cluster and Sentinel set-ups of real ``redis-server`` processes, for the tests.
+
+Each runs on free loopback ports in a directory of its own, and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.redis_server import answers
+
+
+def _binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("the cluster tests need redis-server (scripts/system-deps installs it)")
+    return binary
+
+
+def _cli(*args: str, timeout: float = 30.0) -> str:
+    done = subprocess.run(
+        ["redis-cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+class Node:
+    """One ``redis-server`` process, on a free port, with its own directory."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.directory = directory / str(self.port)
+        self.directory.mkdir(parents=True)
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Node:
+        self.proc = subprocess.Popen(
+            [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not answers("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def cli(self, *args: str) -> str:
+        """Run a command on this node with redis-cli; return its output."""
+        return _cli("-p", str(self.port), *args)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Cluster:
+    """A Redis Cluster of ``masters`` masters, each with ``replicas`` replicas.
+
+    Args:
+        directory: where the nodes keep their files.
+        node_timeout: ms after which a silent master is failed over.
+    """
+
+    def __init__(
+        self, directory: Path, *, masters: int = 3, replicas: int = 0, node_timeout: int = 1000
+    ) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout),
+                   "--cluster-config-file", "nodes.conf")  # fmt: skip
+        # The bus port is given (free_port), not the default port + 10000 (maybe taken).
+        self.nodes = [
+            Node(directory, *options, "--cluster-port", str(free_port()))
+            for _ in range(masters * (1 + replicas))
+        ]
+        self.replicas = replicas
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        _cli("--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes")  # fmt: skip
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Wait until every live node says the cluster is ok and agrees on the slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [node for node in self.nodes if node.proc and node.proc.poll() is None]
+            try:
+                states = [node.cli("cluster", "info") for node in live]
+                ok = all("cluster_state:ok" in state for state in states)
+                if ok and _cli("--cluster", "check", f"127.0.0.1:{live[0].port}").count(
+                    "[OK] All 16384 slots covered"
+                ):
+                    return
+            except RuntimeError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not become ok")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL with every node as a seed."""
+        seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{seeds}"
+
+    def masters(self) -> list[Node]:
+        """The live nodes that are masters now."""
+        found = []
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            try:
+                if "role:master" in node.cli("info", "replication"):
+                    found.append(node)
+            except RuntimeError:
+                continue
+        return found
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+_shared: Cluster | None = None
+
+
+def cluster_url() -> str:
+    """The URL of a three-master cluster shared by this test process (started once)."""
+    global _shared
+    if _shared is None:
+        directory = Path(tempfile.mkdtemp(prefix="ssehub-cluster-"))
+        _shared = Cluster(directory).start()
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        atexit.register(_shared.stop)
+    return _shared.url
+
+
+def forget_cluster_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` on every master of a cluster."""
+    import redis
+
+    for seed in url.removeprefix("redis+cluster://").split(","):
+        host, _, port = seed.rpartition(":")
+        try:
+            with redis.Redis(host=host, port=int(port), socket_timeout=2) as client:
+                if b"role:master" not in client.execute_command("INFO", "replication"):
+                    continue
+                keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+                for key in keys:
+                    client.delete(key)
+        except redis.RedisError:
+            continue
