@@ -1,15 +1,16 @@
 """The Redis store's presence ledger: online, offline and delivery, once per cluster.
 
-Keys, under the store's prefix ``P`` (beside those of `_redis_scripts`):
+Keys, under the store's prefix ``P``, all in the hash slot of the presence log ``L``
+(`_redis_keys`; so on Redis Cluster each script runs on one master):
 
 | key | type | holds |
 |---|---|---|
-| ``P:o:<user>`` | hash | while online: ``n:<node>`` per node with streams, ``closed`` |
-| ``P:due`` | sorted set | users whose last stream closed, scored by when the grace ends |
-| ``P:nu:<node>`` | set | users with streams on the node |
-| ``P:nodes`` | set | nodes that have had streams |
-| ``P:ph:<node>`` | string | the node's presence heartbeat; expires with the store's presence |
-| ``P:dl:<user>`` | string | newest id delivered to the user (only with the undelivered check) |
+| ``P:{L}:o:<user>`` | hash | while online: ``n:<node>`` per node with streams, ``closed`` |
+| ``P:{L}:due`` | sorted set | users whose last stream closed, scored by when the grace ends |
+| ``P:{L}:nu:<node>`` | set | users with streams on the node |
+| ``P:{L}:nodes`` | set | nodes that have had streams |
+| ``P:{L}:ph:<node>`` | string | the node's presence heartbeat; expires with the store's presence |
+| ``P:{L}:dl:<user>`` | string | newest id delivered to the user (only with the undelivered check) |
 
 ``closed`` is when the user's last stream closed (RFC 3339).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ssehub.stores import _redis_scripts as scripts
 from ssehub.stores._presence import (
@@ -36,36 +37,40 @@ from ssehub.stores._presence import (
     PresenceLedger,
     rfc3339,
 )
+from ssehub.stores._redis_keys import tag
 
 if TYPE_CHECKING:
     from ssehub.stores.redis import RedisStore
 
 _CHUNK: Final = 500  # users per script call
+_LOG: Final = tag(PRESENCE_LOG)
 
 _COMMON: Final = (
     scripts._HELPERS
     + """
 local p, node = ARGV[1], ARGV[2]
 local maxlen, slack, sttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local log = ARGV[7]
+local log, pub = ARGV[7], ARGV[8]
 local out = {}
+-- The ledger's own keys: in the slot of the presence log (whose tag is `log`).
+local function own(name) return p .. '{' .. log .. '}:' .. name end
 local function emit(kind, user, at)
   local payload = '{"type":"' .. kind .. '","user_id":' .. cjson.encode(user)
     .. ',"at":"' .. at .. '"}'
   local id = add(p, log, payload, maxlen, slack, sttl)
-  redis.call('PUBLISH', p .. 'c:' .. log, id .. ' ' .. payload)
+  redis.call(pub, k(p, 'c', log), id .. ' ' .. payload)
   out[#out + 1] = {id, user, at}
 end
 local alive = {}
 local function live(other)
   if alive[other] == nil then
-    alive[other] = redis.call('EXISTS', p .. 'ph:' .. other) == 1
+    alive[other] = redis.call('EXISTS', own('ph:' .. other)) == 1
   end
   return alive[other]
 end
 -- Whether a live node has streams of the user; forgets nodes that stopped answering.
 local function open_elsewhere(user, except)
-  local key = p .. 'o:' .. user
+  local key = own('o:' .. user)
   local found = false
   for _, field in ipairs(redis.call('HKEYS', key)) do
     if string.sub(field, 1, 2) == 'n:' then
@@ -82,17 +87,17 @@ end
 """
 )
 
-# ARGV: prefix, node, heartbeat ttl_ms, maxlen, slack, stream ttl_ms, log, then
-# (user, at) pairs. Renews the node's heartbeat; a user without P:o goes online.
+# ARGV: prefix, node, heartbeat ttl_ms, maxlen, slack, stream ttl_ms, log tag, pub,
+# then (user, at) pairs. Renews the node's heartbeat; a user without P:o goes online.
 OPENED: Final = (
     _COMMON
     + """
-redis.call('SET', p .. 'ph:' .. node, '1', 'PX', ARGV[3])
-redis.call('SADD', p .. 'nodes', node)
-for i = 8, #ARGV, 2 do
+redis.call('SET', own('ph:' .. node), '1', 'PX', ARGV[3])
+redis.call('SADD', own('nodes'), node)
+for i = 9, #ARGV, 2 do
   local user, at = ARGV[i], ARGV[i + 1]
-  redis.call('SADD', p .. 'nu:' .. node, user)
-  local key = p .. 'o:' .. user
+  redis.call('SADD', own('nu:' .. node), user)
+  local key = own('o:' .. user)
   local was = redis.call('EXISTS', key)
   redis.call('HSET', key, 'n:' .. node, '1')
   if was == 0 then emit('user.online', user, at) end
@@ -101,27 +106,28 @@ return out
 """
 )
 
-# ARGV: prefix, node, grace, maxlen, slack, stream ttl_ms, log, then (user, at) pairs.
+# ARGV: prefix, node, grace, maxlen, slack, stream ttl_ms, log tag, pub, then (user,
+# at) pairs.
 CLOSED: Final = (
     _COMMON
     + """
 local t = redis.call('TIME')
 local due = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[3])
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local user, at = ARGV[i], ARGV[i + 1]
-  redis.call('SREM', p .. 'nu:' .. node, user)
-  local key = p .. 'o:' .. user
+  redis.call('SREM', own('nu:' .. node), user)
+  local key = own('o:' .. user)
   if redis.call('EXISTS', key) == 1 then
     redis.call('HDEL', key, 'n:' .. node)
     redis.call('HSET', key, 'closed', at)
-    redis.call('ZADD', p .. 'due', due, user)
+    redis.call('ZADD', own('due'), due, user)
   end
 end
 return out
 """
 )
 
-# ARGV: prefix, node, now (RFC 3339), maxlen, slack, stream ttl_ms, log.
+# ARGV: prefix, node, now (RFC 3339), maxlen, slack, stream ttl_ms, log tag, pub.
 # Offline: users whose grace ended with no live node holding a stream of theirs, and
 # users whose last streams were on nodes whose heartbeat expired.
 DUE: Final = (
@@ -130,53 +136,52 @@ DUE: Final = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local function offline(user, at)
-  redis.call('DEL', p .. 'o:' .. user)
+  redis.call('DEL', own('o:' .. user))
   emit('user.offline', user, at)
 end
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', now, 'LIMIT', 0, 500)) do
-  redis.call('ZREM', p .. 'due', user)
-  local key = p .. 'o:' .. user
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', own('due'), '-inf', now, 'LIMIT', 0, 500)) do
+  redis.call('ZREM', own('due'), user)
+  local key = own('o:' .. user)
   if redis.call('EXISTS', key) == 1 and not open_elsewhere(user, '') then
     offline(user, redis.call('HGET', key, 'closed') or ARGV[3])
   end
 end
-for _, other in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
+for _, other in ipairs(redis.call('SMEMBERS', own('nodes'))) do
   if not live(other) then
-    for _, user in ipairs(redis.call('SMEMBERS', p .. 'nu:' .. other)) do
-      local key = p .. 'o:' .. user
+    for _, user in ipairs(redis.call('SMEMBERS', own('nu:' .. other))) do
+      local key = own('o:' .. user)
       if redis.call('EXISTS', key) == 1 and not open_elsewhere(user, '') then
         offline(user, ARGV[3])
       end
     end
-    redis.call('DEL', p .. 'nu:' .. other)
-    redis.call('SREM', p .. 'nodes', other)
+    redis.call('DEL', own('nu:' .. other))
+    redis.call('SREM', own('nodes'), other)
   end
 end
 return out
 """
 )
 
-# ARGV: prefix, node, user. Where a new stream of the user on this node starts: after
-# the newest event if a live node has a stream of the user, else after the cursor.
+# ARGV: prefix, node, user, '', '', '', log tag. Whether a live node other than this
+# one has a stream of the user (then a new stream starts after the user's newest event,
+# else after the cursor: read by the caller, as the user's keys are in another slot).
 START: Final = (
     _COMMON
     + """
-local user = ARGV[3]
-if open_elsewhere(user, node) then
-  local newest = redis.call('XREVRANGE', p .. 's:' .. user, '+', '-', 'COUNT', 1)
-  if #newest > 0 then return newest[1][1] end
-end
-return redis.call('HGET', p .. 'u:' .. user, 'cursor')
+if open_elsewhere(ARGV[3], node) then return 1 end
+return 0
 """
 )
 
-# ARGV: prefix, keep_ms, then (user, id) pairs. The newest delivered id only moves on.
+# ARGV: prefix, keep_ms, log tag, then (user, id) pairs. The newest delivered id only
+# moves on.
 DELIVERED: Final = (
     scripts._HELPERS
     + """
-local p, keep = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 2 do
-  local key = p .. 'dl:' .. ARGV[i]
+local p, keep, log = ARGV[1], ARGV[2], ARGV[3]
+local function own(name) return p .. '{' .. log .. '}:' .. name end
+for i = 4, #ARGV, 2 do
+  local key = own('dl:' .. ARGV[i])
   local current = redis.call('GET', key)
   if not current or idlt(current, ARGV[i + 1]) then
     redis.call('SET', key, ARGV[i + 1], 'PX', keep)
@@ -202,6 +207,7 @@ class RedisLedger(PresenceLedger):
         super().__init__(store)
         self._redis = store
         self._grace = 3.0  # as last given to `closed`
+        self._log = store._keys.stream(PRESENCE_LOG)  # names the ledger's slot
         client = store._client
         self._scripts = {
             name: client.register_script(source)
@@ -216,7 +222,12 @@ class RedisLedger(PresenceLedger):
 
     def _head(self, third: str | int) -> list[str | bytes | int]:
         prefix, maxlen, slack, stream_ttl = self._redis._append_args()
-        return [prefix, self._redis._node, third, maxlen, slack, stream_ttl, PRESENCE_LOG]
+        redis = self._redis
+        return [prefix, redis._node, third, maxlen, slack, stream_ttl, _LOG, redis._pub]
+
+    def _own(self, name: str) -> str:
+        """One of the ledger's keys (see the module's table)."""
+        return f"{self._redis._p}{{{_LOG}}}:{name}"
 
     async def _run(
         self, name: str, head: list[str | bytes | int], pairs: Sequence[tuple[str, str]], kind: str
@@ -227,7 +238,7 @@ class RedisLedger(PresenceLedger):
                 args = list(head)
                 for user, text in pairs[start : start + _CHUNK]:
                     args += (user, text)
-                rows = await self._scripts[name](args=args)
+                rows = await self._scripts[name](keys=[self._log], args=args)
                 emitted += (
                     Emitted(raw_id.decode(), kind, user.decode(), _parse_at(at.decode()))
                     for raw_id, user, at in rows
@@ -251,7 +262,7 @@ class RedisLedger(PresenceLedger):
         # Streams this node still counts end now; another node (or this one, restarted)
         # emits the offline events once the grace has passed.
         async with self._redis._errors_as_unavailable():
-            members = await self._redis._client.smembers(f"{self._redis._p}nu:{self._redis._node}")
+            members = await self._redis._client.smembers(self._own(f"nu:{self._redis._node}"))
         if members:
             text = rfc3339(time.time())
             users = [raw.decode() if isinstance(raw, bytes) else raw for raw in members]
@@ -259,24 +270,29 @@ class RedisLedger(PresenceLedger):
         return []
 
     async def start_after(self, user_id: str) -> str | None:
-        async with self._redis._errors_as_unavailable():
-            args = [self._redis._p, self._redis._node, user_id]
-            found = await self._scripts["START"](args=args)
+        redis = self._redis
+        async with redis._errors_as_unavailable():
+            args = [redis._p, redis._node, user_id, "", "", "", _LOG]
+            if await self._scripts["START"](keys=[self._log], args=args):
+                newest: Any = await redis._client.xrevrange(redis._keys.stream(user_id), count=1)
+                if newest:
+                    return str(newest[0][0].decode())
+            found: Any = await redis._client.hget(redis._keys.user("u", user_id), "cursor")
         return found.decode() if found is not None else None
 
     async def record_delivered(self, cursors: Mapping[str, str], keep: float) -> None:
         pairs = list(cursors.items())
         async with self._redis._errors_as_unavailable():
             for start in range(0, len(pairs), _CHUNK):
-                args: list[str | int] = [self._redis._p, int(keep * 1000)]
+                args: list[str | int] = [self._redis._p, int(keep * 1000), _LOG]
                 for user, event_id in pairs[start : start + _CHUNK]:
                     args += (user, event_id)
-                await self._scripts["DELIVERED"](args=args)
+                await self._scripts["DELIVERED"](keys=[self._log], args=args)
 
     async def delivered(self, user_ids: Sequence[str]) -> list[str | None]:
         if not user_ids:
             return []
-        keys = [f"{self._redis._p}dl:{user}" for user in user_ids]
+        keys = [self._own(f"dl:{user}") for user in user_ids]
         async with self._redis._errors_as_unavailable():
             found = await self._redis._client.mget(keys)
         return [raw.decode() if isinstance(raw, bytes) else raw for raw in found]
