@@ -93,3 +93,29 @@ async def test_a_new_tab_on_another_node_gets_nothing_another_tab_already_got(
             message = await second.next_message()
             assert message is not None
             assert message.id == fresh
+
+
+@pytest.mark.parametrize("stream_mode", ["fast"], indirect=True)
+async def test_a_message_accepted_on_one_node_and_delivered_on_another_is_delivered(
+    store: str, start_server: ServerFactory
+) -> None:
+    a = start_server("--undelivered-after", "0.5", store=store)
+    b = start_server("--undelivered-after", "0.5", store=store)
+    async with (
+        PresenceStream(b.url) as feed,
+        httpx.AsyncClient() as client,
+        Stream(b.url, "ann") as ann,
+    ):
+        await greeted(ann)
+        delivered = await publish(client, a, "ann", "to the other node")
+        message = await ann.next_message()
+        assert message is not None
+        assert message.id == delivered
+        lost = await publish(client, a, "nobody-here", "lost")
+        while True:
+            _, body = await feed.presence()
+            if body["type"] == "message.undelivered":
+                break
+        assert body["user_id"] == "nobody-here"
+        assert body["message"] == {"id": lost, "event": None, "data": "lost"}
+        assert await emitted(client, [a, b], "message.undelivered") == 1

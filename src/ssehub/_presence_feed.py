@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ssehub import events
 from ssehub._registry import Registry
 from ssehub._replay import replay
-from ssehub.connection import Connection, FrameSink
+from ssehub.connection import Connection
 from ssehub.exceptions import StoreUnavailable
 from ssehub.presence import event_from_log
 from ssehub.stores._presence import PRESENCE_LOG
@@ -45,12 +45,7 @@ class PresenceFeed:
         self._drop_slow = drop_slow
 
     async def open(
-        self,
-        sink: FrameSink,
-        *,
-        node_open: int,
-        last_event_id: str | None = None,
-        expires_at: float | None = None,
+        self, connection: Connection, *, node_open: int, last_event_id: str | None = None
     ) -> Connection:
         """Register a presence stream and send what came after ``last_event_id``.
 
@@ -58,7 +53,7 @@ class PresenceFeed:
             LimitExceeded: too many streams.
             StoreUnavailable: the store cannot be read; nothing was written.
         """
-        connection = Connection(PRESENCE_LOG, sink, expires_at=expires_at)
+        sink = connection.sink
         first = self.registry.add(connection, node_open=node_open)
         try:
             if first:

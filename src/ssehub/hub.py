@@ -328,10 +328,7 @@ class Hub:
         try:
             if user_id == PRESENCE_LOG:
                 return await self._feed.open(
-                    sink,
-                    node_open=self.open_streams,
-                    last_event_id=last_event_id,
-                    expires_at=expires_at,
+                    connection, node_open=self.open_streams, last_event_id=last_event_id
                 )
             first = self._registry.add(connection, node_open=self.open_streams)
         except LimitExceeded:

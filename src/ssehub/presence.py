@@ -235,6 +235,7 @@ class Presence(PresenceListeners):
         self._ledger: PresenceLedger | None = None
         self._ops: collections.deque[tuple[int, Sequence[str], float]] = collections.deque()
         self._wakeup = asyncio.Event()
+        self._busy = asyncio.Lock()  # one step at a time: the worker's, or the last one
         #: user -> newest id delivered here since the last share (the hub writes it)
         self.recent: dict[str, str] = {}
         # One entry per accepted batch, of flat lists of strings, bytes and int pairs,
@@ -283,6 +284,7 @@ class Presence(PresenceListeners):
             self._accepted.append(
                 (
                     deadline,
+                    time.time() + self.undelivered_after,
                     [user_id for user_id, _ in items],
                     [event.key for event in stored],
                     [event.id for event in stored],
@@ -309,12 +311,13 @@ class Presence(PresenceListeners):
                 pass
             self._wakeup.clear()
             try:
-                await self._apply_ops()
-                if time.monotonic() >= next_due:
-                    next_due = time.monotonic() + self.tick
-                    self._emit_all(await self.ledger.due(self.offline_grace))
-                    if self.undelivered_after is not None:
-                        await self._check_delivery()
+                async with self._busy:
+                    await self._apply_ops()
+                    if time.monotonic() >= next_due:
+                        next_due = time.monotonic() + self.tick
+                        self._emit_all(await self.ledger.due(self.offline_grace))
+                        if self.undelivered_after is not None:
+                            await self._check_delivery()
             except StoreUnavailable as exc:
                 logger.warning("presence: store unavailable, retrying: %s", exc)
                 await asyncio.sleep(self.tick)
@@ -323,7 +326,7 @@ class Presence(PresenceListeners):
         """Apply what is queued and the ledger's last transitions (the hub stops)."""
         with_errors = (StoreUnavailable, TimeoutError)
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(2.0), self._busy:
                 await self._apply_ops()
                 self._emit_all(await self.ledger.finish())
         except with_errors as exc:
@@ -365,31 +368,30 @@ class Presence(PresenceListeners):
         count = 0
         while self._accepted and self._accepted[0][0] <= now and count < _CHECK_BATCH:
             due.append(self._accepted.popleft())
-            count += len(due[-1][2])
+            count += len(due[-1][3])
         if not due:
             return
         try:
             # One look-up per user per tick, however many messages the user got.
-            users = list({user_id for entry in due for user_id in entry[1]})
+            users = list({user_id for entry in due for user_id in entry[2]})
             cursors = await ledger.delivered(users)
             reached = {u: event_key(c) for u, c in zip(users, cursors, strict=True) if c}
-            at = time.time() - self.tick
-            lost: list[tuple[str, UndeliveredMessage]] = []
-            for _, batch_users, keys, ids, payloads, texts in due:
+            lost: list[tuple[str, float, UndeliveredMessage]] = []
+            for _, at, batch_users, keys, ids, payloads, texts in due:
                 for index, user_id in enumerate(batch_users):
                     cursor = reached.get(user_id)
                     if cursor is None or cursor < keys[index]:
                         data, name = as_published(payloads[index], bool(texts[index]))
-                        lost.append((user_id, UndeliveredMessage(ids[index], name, data)))
-            text = rfc3339(at)
-            payloads = [
-                log_payload(MESSAGE_UNDELIVERED, u, text, _message_json(m)) for u, m in lost
+                        lost.append((user_id, at, UndeliveredMessage(ids[index], name, data)))
+            entries = [
+                log_payload(MESSAGE_UNDELIVERED, u, rfc3339(at), _message_json(m))
+                for u, at, m in lost
             ]
-            emitted = await ledger.append(payloads) if payloads else []
+            emitted = await ledger.append(entries) if entries else []
         except BaseException:
             self._accepted.extendleft(reversed(due))  # checked again next tick
             raise
-        for event_id, (user_id, message) in zip(emitted, lost, strict=True):
+        for event_id, (user_id, at, message) in zip(emitted, lost, strict=True):
             self._emit(PresenceEvent(event_id, MESSAGE_UNDELIVERED, user_id, at, message))
 
     def _emit_all(self, emitted: list[Emitted]) -> None:
@@ -402,8 +404,8 @@ class Presence(PresenceListeners):
         self.emit(event)
 
 
-_Accepted = tuple[float, list[str], list[tuple[int, int]], list[str], list[bytes], bytes]
-"""(deadline, users, keys, ids, payloads, 1 where the data was a string)"""
+_Accepted = tuple[float, float, list[str], list[tuple[int, int]], list[str], list[bytes], bytes]
+"""(check time, deadline as Unix time, users, keys, ids, payloads, 1 for a string's)"""
 _OPENED: Final = 1
 _CLOSED: Final = 0
 
