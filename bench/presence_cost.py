@@ -1,7 +1,7 @@
 """Server CPU per delivery with the undelivered check, against the same run without.
 
 Usage: ``python bench/presence_cost.py [--store URL|sqlite] [--users N] [--messages M]
-[--repeats R] [--off-only]``
+[--repeats R] [--off-only] [--in-process]``
 
 A real ``ssehub serve`` (fast path) with ``--users`` streams, one per user, read by raw
 sockets here; ``--messages`` messages published in batches of 100 over HTTP, to the
@@ -9,6 +9,10 @@ users in turn. The figure is the server process's CPU time (user + system, from
 ``/proc``) over the deliveries, from the first publish until every message was
 delivered and, with the check on, checked at its deadline. Runs alternate, ``off``
 then ``on``, ``--repeats`` times; the best of each counts:
+
+``--in-process`` runs the same load on a hub in this process (a sink that takes every
+frame for each stream, no HTTP, no sockets): the hub's own work, which the check adds
+to, with far less noise on a busy machine than the server's figure.
 
 - ``off``: no ``--undelivered-after``. Online/offline tracking is always on, and costs
   nothing per delivery (presence is told of opens and closes, not messages); neither
@@ -23,14 +27,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import httpx
 
+from ssehub import Hub
+from ssehub.stores import open_store
+
 BATCH = 100
+UNDELIVERED_AFTER = 0.5
+CHECK_WAIT = UNDELIVERED_AFTER + 1.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,8 +109,9 @@ async def run(store: str, users: int, messages: int, undelivered: float | None) 
                 assert (await client.post(f"{url}/sse/messages", json=body)).status_code == 202
             while await delivered(client, url) - before < messages:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            if undelivered is not None:  # wait for the checks at the deadlines
-                await asyncio.sleep(undelivered + 1.0)
+            # Wait for the checks at the deadlines; both runs wait alike, so the idle
+            # CPU of the wait counts in both.
+            await asyncio.sleep(CHECK_WAIT)
             spent = cpu_seconds(server.pid) - started
             count = await delivered(client, url) - before
     finally:
@@ -110,12 +122,57 @@ async def run(store: str, users: int, messages: int, undelivered: float | None) 
     return spent / count * 1e6
 
 
+class CountingSink:
+    """A stream that takes every frame (for ``--in-process``)."""
+
+    def write(self, data: bytes) -> bool:
+        return True
+
+    def close(self, final: bytes | None = None) -> None:
+        pass
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_in_process(store: str, users: int, messages: int, undelivered: float | None) -> float:
+    """The same load on a hub in this process: no HTTP, no sockets, only the hub's work."""
+    hub = Hub(open_store(store), keepalive=30.0, undelivered_after=undelivered)
+    async with hub.running():
+        for n in range(users):
+            await hub.open(f"u{n}", CountingSink())
+        before = hub.stats.delivered
+        started = own_cpu()
+        for _ in range(messages // BATCH):
+            await hub.send_encoded([(f"u{n % users}", hub.encode("x" * 100)) for n in range(BATCH)])
+        while hub.stats.delivered - before < messages:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # Redis delivers through pub/sub, a little later
+        await asyncio.sleep(CHECK_WAIT)
+        assert hub.presence.emitted["message.undelivered"] == 0
+        return (own_cpu() - started) / (hub.stats.delivered - before) * 1e6
+
+
+async def forget(url: str, prefix: str) -> None:
+    """Delete what a run left on Redis."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="memory://")
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--in-process", action="store_true", help="a hub in this process, no server"
+    )
     parser.add_argument(
         "--off-only",
         action="store_true",
@@ -125,19 +182,28 @@ async def main() -> None:
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
-            modes = [("off", None)] if args.off_only else [("off", None), ("on", 0.5)]
+            modes = [("off", None)] if args.off_only else [("off", None), ("on", UNDELIVERED_AFTER)]
             for name, undelivered in modes:
                 store = args.store
                 if store == "sqlite":
                     store = f"sqlite:///{folder}/{name}{repeat}.db"
-                figure = await run(store, args.users, args.messages, undelivered)
+                elif store.startswith("redis://"):
+                    prefix = f"bench-presence-{uuid.uuid4().hex[:8]}"
+                    store = f"{args.store}?prefix={prefix}"
+                try:
+                    measure = run_in_process if args.in_process else run
+                    figure = await measure(store, args.users, args.messages, undelivered)
+                finally:
+                    if store.startswith("redis://"):
+                        await forget(args.store, prefix)
                 best[name] = min(best.get(name, figure), figure)
                 print(f"  {name}: {figure:.2f} µs", flush=True)
     if args.off_only:
         print(f"{args.store}: {best['off']:.2f} µs server CPU per delivery")
         return
+    what = "CPU in-process" if args.in_process else "server CPU"
     print(
-        f"{args.store}: {best['off']:.2f} µs server CPU per delivery without the "
+        f"{args.store}: {best['off']:.2f} µs {what} per delivery without the "
         f"undelivered check, {best['on']:.2f} µs with it: x{best['on'] / best['off']:.3f}"
     )
 
