@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from dataclasses import dataclass, field
 
 READ_TIMEOUT = 3.0
@@ -156,10 +155,3 @@ async def exchange(
         with contextlib.suppress(OSError):
             await writer.wait_closed()
     return result
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a RST instead of a FIN."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.close()

@@ -22,14 +22,8 @@ from ssehub import MemoryStore, events
 from ssehub.auth import Authenticator
 from ssehub.fast import CloseDelimitedStream, FastStreams, StreamProtocol, chunk
 from ssehub.front.http1 import HttpProtocol
-from ssehub.front.portable import (
-    AsgiSink,
-    ClientWatch,
-    TaskWatch,
-    serve_stream,
-    steppable,
-    watch_client,
-)
+from ssehub.front.portable import AsgiSink, serve_stream
+from ssehub.front.watch import ClientWatch, TaskWatch, steppable, watch_client
 from ssehub.hub import Hub
 from ssehub.limits import Limits
 
