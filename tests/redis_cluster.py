@@ -40,12 +40,14 @@ class Node:
         self.directory = directory / str(self.port)
         self.directory.mkdir(parents=True)
         self.extra = extra
+        self.command: list[str] | None = None  # instead of the default command line
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
         self.proc = subprocess.Popen(
-            [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), *self.extra],
+            self.command
+            or [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -99,9 +101,17 @@ class Cluster:
     def start(self) -> Cluster:
         for node in self.nodes:
             node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        _cli("--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
-             "--cluster-yes")  # fmt: skip
+        if len(self.nodes) < 3:  # below what redis-cli --cluster create accepts
+            share = 16384 // len(self.nodes)
+            for index, node in enumerate(self.nodes):
+                last = 16383 if node is self.nodes[-1] else (index + 1) * share - 1
+                node.cli("cluster", "addslotsrange", str(index * share), str(last))
+                node.cli("cluster", "meet", "127.0.0.1", str(self.nodes[0].port),
+                         self.nodes[0].extra[-1])  # fmt: skip
+        else:
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            _cli("--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                 "--cluster-yes")  # fmt: skip
         self.wait_ok()
         return self
 
@@ -176,3 +186,56 @@ def forget_cluster_prefix(url: str, prefix: str) -> None:
                     client.delete(key)
         except redis.RedisError:
             continue
+
+
+class SentinelSetup:
+    """A master, a replica and Sentinels watching them as ``master_name``.
+
+    Args:
+        directory: where the processes keep their files.
+        sentinels: how many Sentinels (the quorum is a majority of them).
+        down_after: ms of silence after which a master is failed over.
+    """
+
+    master_name = "hub"
+
+    def __init__(self, directory: Path, *, sentinels: int = 1, down_after: int = 500) -> None:
+        self.directory = directory
+        self.master = Node(directory)
+        self.replica = Node(directory)
+        self.down_after = down_after
+        self.sentinels: list[Node] = []
+        self._count = sentinels
+
+    def start(self) -> SentinelSetup:
+        self.master.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.start()
+        quorum = self._count // 2 + 1
+        for _ in range(self._count):
+            node = Node(self.directory)
+            config = node.directory / "sentinel.conf"
+            config.write_text(
+                f"port {node.port}\nbind 127.0.0.1\ndir {node.directory}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.master_name} {self.down_after}\n"
+                f"sentinel failover-timeout {self.master_name} 3000\n"
+            )
+            node.command = [_binary(), str(config), "--sentinel"]
+            self.sentinels.append(node.start())
+        return self
+
+    @property
+    def url(self) -> str:
+        """A ``redis+sentinel://`` URL naming every Sentinel and the master."""
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.master_name}"
+
+    def master_port(self) -> int:
+        """The port of the master the first Sentinel names now."""
+        reply = self.sentinels[0].cli("sentinel", "get-master-addr-by-name", self.master_name)
+        return int(reply.split()[1])
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, self.replica, self.master]:
+            node.stop()

@@ -49,36 +49,49 @@ def node_id(node: Node) -> str:
 
 
 async def load(
-    client: httpx.AsyncClient, server: ServerProcess, user: str, stop: asyncio.Event
-) -> tuple[dict[str, float], list[str]]:
-    """Publish numbered messages until ``stop``.
+    client: httpx.AsyncClient,
+    server: ServerProcess,
+    user: str,
+    stop: asyncio.Event,
+    *,
+    retry: bool = False,
+) -> tuple[dict[str, float], list[float]]:
+    """Publish numbered messages until ``stop``; every refusal must be a 503 JSON.
+
+    With ``retry``, each message carries an ``Idempotency-Key`` and is sent again
+    until it is accepted; without, a refused message is given up.
 
     Returns:
-        The messages answered 202 (with the time of the answer), and the others.
+        When each message was accepted, and how long each refusal took.
     """
     accepted: dict[str, float] = {}
-    refused: list[str] = []
+    refusals: list[float] = []
     number = 0
     while not stop.is_set():
         data = f"m{number}"
         number += 1
-        try:
-            answer = await client.post(
-                f"{server.url}/sse/users/{user}/messages", json={"data": data}
-            )
-        except httpx.HTTPError:
-            refused.append(data)
-            continue
-        if answer.status_code == 202:
-            accepted[data] = time.monotonic()
-        else:
-            assert answer.status_code == 503, answer.text
-            assert answer.headers["retry-after"]
-            assert answer.json()["detail"]
-            refused.append(data)
+        headers = {"Idempotency-Key": f"{user}-{data}"} if retry else {}
+        while True:
+            started = time.monotonic()
+            try:
+                answer = await client.post(
+                    f"{server.url}/sse/users/{user}/messages", json={"data": data}, headers=headers
+                )
+            except httpx.HTTPError:
+                answer = None
+            if answer is not None and answer.status_code == 202:
+                accepted[data] = time.monotonic()
+                break
+            if answer is not None:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["content-type"] == "application/json"
+                assert answer.headers["retry-after"]
+                refusals.append(time.monotonic() - started)
             await asyncio.sleep(0.05)
+            if not retry:
+                break
         await asyncio.sleep(0.005)
-    return accepted, refused
+    return accepted, refusals
 
 
 async def collect(stream: Stream, until: str, timeout: float = 20.0) -> list[tuple[str, str]]:
@@ -136,13 +149,13 @@ async def test_a_users_slot_moved_to_another_master_under_load_loses_and_repeats
             node.cli("cluster", "setslot", str(moving), "node", target_id)
         await asyncio.sleep(1.0)
         stop.set()
-        accepted, refused = await publishing
+        accepted, refusals = await publishing
         assert owner(cluster, keys.stream(user))[0] is target
         end = await client.post(f"{node_b.url}/sse/users/{user}/messages", json={"data": "end"})
         assert end.status_code == 202, end.text
         seen = await collect(stream, "end")
         assert len(accepted) > 20
-        assert check_delivery(seen, accepted) == set(), f"lost ({len(refused)} refused)"
+        assert check_delivery(seen, accepted) == set(), f"lost ({len(refusals)} refused)"
         # A stream that connects afterwards replays the same history from the new master.
         async with Stream(node_b.url, user, headers={"Last-Event-ID": seen[0][0]}) as late:
             replayed = await collect(late, "end")
@@ -175,14 +188,14 @@ async def test_a_master_killed_under_load_fails_over_and_delivery_resumes_in_ord
         failover_seconds = time.monotonic() - killed_at
         await asyncio.sleep(1.5)  # publishes go through the new master again
         stop.set()
-        accepted, refused = await publishing
+        accepted, refusals = await publishing
         end = await client.post(f"{node_b.url}/sse/users/{user}/messages", json={"data": "end"})
         assert end.status_code == 202, end.text
         seen = await collect(stream, "end")
         lost = check_delivery(seen, accepted)
         print(
             f"failover in {failover_seconds:.1f} s: {len(accepted)} accepted, "
-            f"{len(refused)} refused, {len(lost)} accepted but lost"
+            f"{len(refusals)} refused, {len(lost)} accepted but lost"
         )
         # Asynchronous replication may lose what the old master acknowledged just
         # before it died; nothing accepted after the kill is lost.

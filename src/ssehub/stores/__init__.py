@@ -46,7 +46,7 @@ def open_store(url: str, *, retention: Retention | None = None) -> Store:
 
         store: Store = SqliteStore.from_url(url, retention=retention)
         return store
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from ssehub.stores.redis import RedisStore
 
         redis_store: Store = RedisStore.from_url(url, retention=retention)
@@ -58,5 +58,6 @@ def open_store(url: str, *, retention: Retention | None = None) -> Store:
         return cluster_store
     raise ConfigurationError(
         f"unknown store URL {url!r}: use memory://, sqlite:///path/to/file.db, "
-        "redis://host:port/db or redis+cluster://host:port[,host:port...]"
+        "redis://host:port/db, redis+cluster://host:port[,host:port...] or "
+        "redis+sentinel://host:port[,host:port...]/master_name[/db]"
     )

@@ -136,6 +136,27 @@ def single_client(url: StoreURL) -> Any:
         raise ConfigurationError(f"bad redis URL: {exc}") from exc
 
 
+def _client_options(url: StoreURL, scheme: str) -> dict[str, Any]:
+    """The client options of a cluster or Sentinel URL, with their defaults.
+
+    Raises:
+        ConfigurationError: an unknown option, or one that is not a number.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": _TIMEOUT,
+        "socket_connect_timeout": _TIMEOUT,
+        "max_connections": 32,
+    }
+    for name, value in url.query.items():
+        if name not in options:
+            raise ConfigurationError(f"unknown {scheme} option {name!r}")
+        try:
+            options[name] = int(value) if name == "max_connections" else float(value)
+        except ValueError:
+            raise ConfigurationError(f"redis option {name} must be a number") from None
+    return options
+
+
 def cluster_client(url: StoreURL) -> Any:
     """A client of a Redis Cluster, found from the seed nodes of a ``redis+cluster://`` URL.
 
@@ -149,20 +170,13 @@ def cluster_client(url: StoreURL) -> Any:
         raise ConfigurationError(
             "a redis+cluster:// URL names its seed nodes: redis+cluster://HOST:PORT[,HOST:PORT]"
         )
-    options: dict[str, Any] = {}
-    for name, value in url.query.items():
-        if name not in ("socket_timeout", "socket_connect_timeout", "max_connections"):
-            raise ConfigurationError(f"unknown redis+cluster option {name!r}")
-        try:
-            options[name] = int(value) if name == "max_connections" else float(value)
-        except ValueError:
-            raise ConfigurationError(f"redis option {name} must be a number") from None
+    options = _client_options(url, "redis+cluster")
     try:
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
-            socket_timeout=options.get("socket_timeout", _TIMEOUT),
-            socket_connect_timeout=options.get("socket_connect_timeout", _TIMEOUT),
-            max_connections=options.get("max_connections", 32),  # per master
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["socket_connect_timeout"],
+            max_connections=options["max_connections"],  # per master
             protocol=2,
             # redis-py's default retry: a command to a master that died is tried a
             # few times (with back-off), the slot map read again, then a 503.
@@ -174,3 +188,43 @@ def cluster_client(url: StoreURL) -> Any:
     for node in client.nodes_manager.startup_nodes.values():
         node.connection_class = safe
     return client
+
+
+def sentinel_client(url: StoreURL) -> Any:
+    """A client of the master Sentinel names (``redis+sentinel://HOSTS/MASTER[/DB]``).
+
+    Every new connection asks the Sentinels for the master's address, and a
+    connection to a master that was demoted is dropped (redis-py's
+    ``SentinelConnectionPool``), so the store follows the master across failovers.
+
+    Raises:
+        ConfigurationError: no Sentinel, no master name, a bad db, or an unknown option.
+    """
+    from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+
+    name, _, db = url.path.strip("/").partition("/")
+    if not url.hosts or any(port <= 0 for _, port in url.hosts) or not name:
+        raise ConfigurationError(
+            "a redis+sentinel:// URL names its Sentinels and the master: "
+            "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[/DB]"
+        )
+    if db and not db.isdigit():
+        raise ConfigurationError(f"bad redis+sentinel db {db!r}")
+    options = _client_options(url, "redis+sentinel")
+    parts = urlsplit(url.plain)
+    timeouts = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+    }
+    sentinel = Sentinel(url.hosts, sentinel_kwargs=dict(timeouts), **timeouts)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(
+        name,
+        connection_class=closed_safe(SentinelManagedConnection),
+        db=int(db or 0),
+        username=parts.username,
+        password=parts.password,
+        max_connections=options["max_connections"],
+        protocol=2,
+        retry=_retry(),
+        **timeouts,
+    )

@@ -138,6 +138,10 @@ class RedisStore(Store):
     def from_url(cls, url: str, *, retention: Retention | None = None) -> RedisStore:
         """Build a store from ``redis://[user:password@]host:port/db?options``.
 
+        Or from ``redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB][?options]``:
+        the master those Sentinels name, followed across failovers (its password, if
+        any, in the URL's user part).
+
         ssehub's options: ``prefix`` (default ``ssehub``), ``presence_ttl``,
         ``reconnect_max``, ``ping_interval`` (seconds). Any other option goes to
         redis-py: ``socket_timeout``, ``socket_connect_timeout`` (both 2 s by default,
@@ -148,7 +152,11 @@ class RedisStore(Store):
             ConfigurationError: a malformed URL or option, or redis-py is missing.
         """
         parsed = _redis_client.parse(url)
-        return cls(_redis_client.single_client(parsed), retention=retention, **parsed.options)
+        if url.lower().startswith("redis+sentinel:"):
+            client = _redis_client.sentinel_client(parsed)
+        else:
+            client = _redis_client.single_client(parsed)
+        return cls(client, retention=retention, **parsed.options)
 
     # -- life cycle -------------------------------------------------------------
 
