@@ -4,6 +4,7 @@ Jobs are queued from the event loop. The thread takes the first job and everythi
 waiting, runs them in one transaction, commits, and then hands the results back to the
 loop with ``call_soon_threadsafe``: new events go to ``deliver`` (in id order) before the
 futures resolve. Retention runs here too, so the loop never waits for the disk.
+Checkpoints of the WAL run on a thread of their own (`Checkpointer`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from ssehub.events import StoredEvent
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
+from ssehub.stores._sqlite_checkpoint import Checkpointer
 from ssehub.stores._sqlite_sql import SCHEMA, SCHEMA_VERSION
 from ssehub.stores.base import Retention
 
@@ -32,6 +34,7 @@ MAX_BATCH_EVENTS = 10_000  # events written in one transaction
 MAX_QUEUED_EVENTS = 100_000  # beyond this, submitting fails fast with StoreUnavailable
 SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
 _COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
+_PAUSE_SECONDS = 0.001  # how often a paused writer looks again
 _STOP = object()
 
 Appended = list[tuple[str, StoredEvent]]
@@ -85,6 +88,7 @@ class Writer:
         # Thread state: kept-event count and oldest ``created`` per user (an LRU).
         self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._last_created = 0.0
+        self._checkpointer = Checkpointer(path, synchronous=synchronous)
 
     @property
     def running(self) -> bool:
@@ -147,6 +151,7 @@ class Writer:
             return
         ready.set_result(None)
         cur = conn.cursor()
+        self._checkpointer.start()
         try:
             stopping = False
             while not stopping:
@@ -166,9 +171,13 @@ class Writer:
                     assert isinstance(more, _Job)
                     batch.append(more)
                     size += more.size
+                while self._checkpointer.paused:  # the WAL is being made to start over
+                    time.sleep(_PAUSE_SECONDS)
                 self._write(cur, batch)
+                self._checkpointer.committed()
         finally:
-            conn.close()
+            self._checkpointer.stop()
+            conn.close()  # the last connection to close checkpoints what is left
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -177,6 +186,7 @@ class Writer:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
                 conn.execute("PRAGMA journal_size_limit=67108864")
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's work
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise ConfigurationError(
