@@ -56,10 +56,11 @@ class Sizes:
     broadcast_users: int
     broadcasts: int
     broadcast_interval_ms: int
+    restart_streams: int = 10_000
 
 
-FULL = Sizes(10_000, 30.0, 15.0, 1_000, 200_000, 5_000, 10.0, 10_000, 50, 200)
-QUICK = Sizes(1_000, 2.0, 1.0, 1_000, 10_000, 5_000, 1.5, 1_000, 8, 200)
+FULL = Sizes(10_000, 30.0, 15.0, 1_000, 200_000, 5_000, 10.0, 10_000, 50, 200, 10_000)
+QUICK = Sizes(1_000, 2.0, 1.0, 1_000, 10_000, 5_000, 1.5, 1_000, 8, 200, 1_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,29 +113,35 @@ def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0)
         return json.loads(answer.read() or b"null")
 
 
-@contextlib.contextmanager
-def running(server: Server, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
+def launch(server: Server, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``server`` on ``port``, pinned to the server core; return once it answers."""
     command = [part.replace("{port}", str(port)) for part in server.command]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
             stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
         )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{log.read_text()[-2000:]}")
+        try:
+            http("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{server.name} did not start") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running(server: Server, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    proc = launch(server, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{log.read_text()[-2000:]}")
-            try:
-                http("GET", url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{server.name} did not start") from None
-                time.sleep(0.1)
         yield proc, url
     finally:
         proc.terminate()
@@ -168,10 +175,12 @@ def cpu_seconds(pid: int) -> float:
 class Subscriber:
     """The C subscriber on the load core, driven over its stdin/stdout."""
 
-    def __init__(self, url: str, count: int, first: int) -> None:
+    def __init__(self, url: str, count: int, first: int, *, reconnect: bool = False) -> None:
         host, port = url.removeprefix("http://").split(":")
+        mode = ["256", "reconnect"] if reconnect else []
         self.proc = subprocess.Popen(
-            ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", host, port, str(count), str(first)],
+            ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", host, port, str(count), str(first),
+             *mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
         self.dumped = 0  # events handed out by `records` so far
@@ -343,7 +352,83 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
             "last_user_p99_ms": quantile(waits, 0.99)}  # fmt: skip
 
 
+def send_to_each(url: str, users: range, deadline: float) -> tuple[int, int]:
+    """POST one message ("@<ns>") to every user, 500 a request, retrying refusals.
+
+    A request the server does not answer (down, restarting) is sent again until
+    ``deadline``; returns (messages accepted, requests that failed and were retried).
+    """
+    accepted = retried = 0
+    for start in range(users.start, users.stop, 500):
+        stamp = time.time_ns()
+        batch = range(start, min(start + 500, users.stop))
+        messages = [{"user_id": f"u{n}", "data": f"@{stamp}"} for n in batch]
+        body = json.dumps({"messages": messages}).encode()
+        while True:
+            try:
+                accepted += len(http("POST", url + "/sse/messages", body)["ids"])
+                break
+            except (OSError, KeyError, ValueError):
+                retried += 1
+                if time.monotonic() > deadline:
+                    return accepted, retried
+                time.sleep(0.05)
+    return accepted, retried
+
+
+def restart_storm(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+    """SIGTERM the hub under ``restart_streams`` streams and start it again at once.
+
+    Each stream gets one message before, so it comes back with a Last-Event-ID; while
+    the hub is down one message per user is published (retried until accepted).
+    Figures: seconds from SIGTERM until the new hub answers, until every stream is
+    back, until every user got the message; what was lost or delivered twice.
+    """
+    count, first = sizes.restart_streams, 300_000
+    users = range(first, first + count)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / f"{server.name}-restart.log"
+    proc = launch(server, port, log)
+    sub = Subscriber(url, count, first, reconnect=True)
+    try:
+        sub.ask("wait_open")
+        send_to_each(url, users, time.monotonic() + 30)
+        sub.wait_for(count, stall=10.0, limit=30.0)
+        sub.records()
+        sub.ask("mark")
+        stopped_ns, stopped = time.time_ns(), time.monotonic()
+        proc.terminate()
+        proc.wait(30)
+        exited = time.monotonic() - stopped
+        proc = launch(server, port, log)
+        up = time.monotonic() - stopped
+        accepted, retried = send_to_each(url, users, stopped + 60)
+        got = sub.wait_for(accepted, stall=10.0, limit=60.0)
+        deadline = time.monotonic() + 30
+        while True:  # every stream back (a stream may be back before its message)
+            _, streams, repeated, reconnects, refused, back = sub.ask("storm")
+            if int(streams) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        records = sub.records()
+    finally:
+        sub.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    last = max((received for _, received in records), default=stopped_ns)
+    return {"streams": count, "hub_exit_s": exited, "hub_down_s": up, "all_back_s": float(back),
+            "all_got_s": (last - stopped_ns) / 1e9, "accepted": accepted, "got": got,
+            "lost": accepted - len(records), "repeated": int(repeated),
+            "reconnects": int(reconnects), "refused_connects": int(refused),
+            "publish_retries": retried, "still_away": count - int(streams)}  # fmt: skip
+
+
 SCENARIOS = {"idle": idle, "unicast": unicast, "broadcast": broadcast}
+RESTARTABLE = ("-sqlite", "-redis")  # a hub whose store outlives it
 
 
 def run_scenario(
@@ -356,6 +441,17 @@ def run_scenario(
         found = {"error": str(exc)}
     took = time.monotonic() - started
     print(f"   {scenario} ({took:.1f} s): {json.dumps(found)}", file=sys.stderr, flush=True)
+    return found
+
+
+def run_restart(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        found = restart_storm(server, workdir, sizes)
+    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+        found = {"error": str(exc)}
+    took = time.monotonic() - started
+    print(f"   restart ({took:.1f} s): {json.dumps(found)}", file=sys.stderr, flush=True)
     return found
 
 
@@ -381,6 +477,11 @@ ROWS = [
     ("broadcast: last user p50 ms", ("broadcast", "last_user_p50_ms"), False),
     ("broadcast: last user p99 ms", ("broadcast", "last_user_p99_ms"), False),
     ("broadcast: lost", ("broadcast", "lost"), False),
+    ("restart: hub down s", ("restart", "hub_down_s"), False),
+    ("restart: all back s", ("restart", "all_back_s"), False),
+    ("restart: all got it s", ("restart", "all_got_s"), False),
+    ("restart: lost", ("restart", "lost"), False),
+    ("restart: repeated", ("restart", "repeated"), False),
 ]
 
 
@@ -463,7 +564,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
     parser.add_argument("--only", action="append", help="server names to run (repeatable)")
-    parser.add_argument("--scenario", action="append", choices=["idle", "unicast", "broadcast"])
+    parser.add_argument(
+        "--scenario", action="append", choices=["idle", "unicast", "broadcast", "restart"]
+    )
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/15", help="Redis for the redis run"
     )
@@ -487,7 +590,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, FILE_LIMIT), hard))
     build()
     RESULTS.mkdir(exist_ok=True)
-    scenarios = args.scenario or ["idle", "unicast", "broadcast"]
+    scenarios = args.scenario or ["idle", "unicast", "broadcast", "restart"]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         redis_url = args.redis if redis_available(args.redis) else None
@@ -500,9 +603,13 @@ def main() -> None:
             print(f"== {server.label}", file=sys.stderr, flush=True)
             found: dict[str, Any] = {}
             try:
-                with running(server, Path(workdir) / f"{server.name}.log") as (proc, url):
-                    for scenario in scenarios:
-                        found[scenario] = run_scenario(scenario, proc, url, sizes)
+                if set(scenarios) - {"restart"}:
+                    with running(server, Path(workdir) / f"{server.name}.log") as (proc, url):
+                        for scenario in scenarios:
+                            if scenario != "restart":
+                                found[scenario] = run_scenario(scenario, proc, url, sizes)
+                if "restart" in scenarios and server.name.endswith(RESTARTABLE):
+                    found["restart"] = run_restart(server, Path(workdir), sizes)
             except RuntimeError as exc:  # the server did not start: say why, run the others
                 print(f"   not run: {exc}", file=sys.stderr, flush=True)
                 found = {"error": str(exc)}

@@ -12,6 +12,16 @@
  *                               "dumped <count>"
  *         quit
  *
+ *   ssebench sub HOST PORT N FIRST INFLIGHT reconnect
+ *       The same, and a stream that ends comes back as a browser's EventSource does:
+ *       after the last `retry:` it was sent (3 s without one), with `Last-Event-ID` set
+ *       to the last id it got, and again after `retry:` if the server refuses it. An
+ *       event whose id is not after the last one the stream got counts as repeated.
+ *         storm              -> "storm <streams open> <repeated> <reconnects>
+ *                               <refused connects> <seconds from `mark` to the last
+ *                               stream back>"
+ *         mark               -> "marked": starts the clock `storm` reports from
+ *
  *   ssebench pub HOST PORT unicast TOTAL USERS BATCH CONNS RATE
  *       POSTs TOTAL messages to random users u0..u<USERS-1> through /sse/messages, BATCH
  *       per request, on CONNS keep-alive connections; RATE messages/s (0: as fast as the
@@ -74,7 +84,7 @@ static void raise_file_limit(void) {
 
 /* ------------------------------------------------------------------ subscriber */
 
-enum { ST_CONNECTING, ST_READING, ST_CLOSED };
+enum { ST_CONNECTING, ST_READING, ST_CLOSED, ST_WAITING };
 
 typedef struct {
     int fd;
@@ -83,6 +93,14 @@ typedef struct {
     int match;      /* characters of "data: " matched so far */
     int kind;       /* after "data: ": 0 none, 1 digits of a timestamp */
     int64_t value;
+    /* reconnect mode: the line being read, the last id, the retry hint */
+    char line[48];
+    int line_len;
+    char last_id[40];
+    int64_t last_major, last_minor, event_major, event_minor;
+    int event_has_id;
+    int retry_ms;
+    double reconnect_at;
 } Stream;
 
 static const char PATTERN[] = "data: ";
@@ -90,6 +108,9 @@ static Stream *streams;
 static int64_t *records; /* pairs */
 static size_t n_records, cap_records;
 static long events, keepalives, greeted, closed_count, failed;
+static int reconnect_mode;
+static long repeated, reconnects, refused, open_now;
+static double marked_at, last_back_at;
 static long long bytes_in;
 
 static void record(int64_t sent, int64_t received) {
@@ -133,10 +154,50 @@ static void scan(Stream *s, const char *buf, ssize_t n, int64_t t) {
     }
 }
 
+/* Reconnect mode: follow `id:` and `retry:` lines too (only their first 47 bytes). */
+static void take_line(Stream *s) {
+    s->line[s->line_len] = 0;
+    if (s->line_len == 0) { /* the end of an event */
+        if (s->event_has_id) {
+            if (s->event_major < s->last_major ||
+                (s->event_major == s->last_major && s->event_minor <= s->last_minor))
+                repeated++;
+            s->last_major = s->event_major;
+            s->last_minor = s->event_minor;
+        }
+        s->event_has_id = 0;
+    } else if (!strncmp(s->line, "id: ", 4)) {
+        snprintf(s->last_id, sizeof s->last_id, "%s", s->line + 4);
+        char *dash = strchr(s->line + 4, '-');
+        s->event_major = atoll(s->line + 4);
+        s->event_minor = dash ? atoll(dash + 1) : 0;
+        s->event_has_id = 1;
+    } else if (!strncmp(s->line, "retry: ", 7)) {
+        s->retry_ms = atoi(s->line + 7);
+    }
+    s->line_len = 0;
+}
+
+static void scan_lines(Stream *s, const char *buf, ssize_t n) {
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') take_line(s);
+        else if (s->line_len < (int)sizeof s->line - 1) s->line[s->line_len++] = buf[i];
+    }
+}
+
+static void stream_ended(Stream *s, double now) {
+    if (s->greeted) open_now--;
+    s->greeted = 0;
+    s->match = s->kind = s->line_len = s->event_has_id = 0;
+    s->state = ST_WAITING;
+    s->reconnect_at = now + (s->retry_ms > 0 ? s->retry_ms : 3000) / 1000.0;
+}
+
 static int sub_main(int argc, char **argv) {
     int n = atoi(argv[4]);
     int first = argc > 5 ? atoi(argv[5]) : 0;
     int inflight_max = argc > 6 ? atoi(argv[6]) : 256;
+    reconnect_mode = argc > 7 && !strcmp(argv[7], "reconnect");
     streams = calloc(n, sizeof(Stream));
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)-1};
@@ -164,6 +225,22 @@ static int sub_main(int argc, char **argv) {
             inflight++;
             next++;
         }
+        if (reconnect_mode) {
+            double now = mono();
+            for (int i = 0; i < next; i++) {
+                Stream *s = &streams[i];
+                if (s->state != ST_WAITING || s->reconnect_at > now) continue;
+                s->fd = open_socket();
+                if (s->fd < 0) {
+                    s->reconnect_at = now + (s->retry_ms > 0 ? s->retry_ms : 3000) / 1000.0;
+                    continue;
+                }
+                s->state = ST_CONNECTING;
+                reconnects++;
+                struct epoll_event e = {.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP, .data.u64 = i};
+                epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &e);
+            }
+        }
         if (!opened_at && greeted + failed + closed_count >= n) {
             opened_at = mono();
         }
@@ -172,7 +249,7 @@ static int sub_main(int argc, char **argv) {
             fflush(stdout);
             wait_open = 0;
         }
-        int k = epoll_wait(ep, evs, 512, 100);
+        int k = epoll_wait(ep, evs, 512, reconnect_mode ? 5 : 100);
         int64_t t = now_ns();
         for (int i = 0; i < k; i++) {
             uint64_t id = evs[i].data.u64;
@@ -185,6 +262,16 @@ static int sub_main(int argc, char **argv) {
                     *nl = 0;
                     if (!strcmp(cmd, "quit")) return 0;
                     if (!strcmp(cmd, "wait_open")) wait_open = 1;
+                    else if (!strcmp(cmd, "mark")) {
+                        marked_at = mono();
+                        last_back_at = 0;
+                        printf("marked\n");
+                        fflush(stdout);
+                    } else if (!strcmp(cmd, "storm")) {
+                        printf("storm %ld %ld %ld %ld %.6f\n", open_now, repeated, reconnects,
+                               refused, last_back_at > marked_at ? last_back_at - marked_at : 0);
+                        fflush(stdout);
+                    }
                     else if (!strcmp(cmd, "stats")) {
                         printf("stats %ld %ld %ld %ld %lld\n", events, keepalives, greeted,
                                closed_count, bytes_in);
@@ -210,16 +297,24 @@ static int sub_main(int argc, char **argv) {
             if (s->state == ST_CONNECTING) {
                 if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
                     close(s->fd);
+                    if (reconnect_mode && s->reconnect_at > 0) {  /* a reconnect refused */
+                        refused++;
+                        stream_ended(s, mono());
+                        s->greeted = 0;
+                        continue;
+                    }
                     s->state = ST_CLOSED;
                     failed++;
                     inflight--;
                     continue;
                 }
                 char req[256];
+                char last[64] = "";
+                if (s->last_id[0]) snprintf(last, sizeof last, "Last-Event-ID: %s\r\n", s->last_id);
                 int len = snprintf(req, sizeof req,
                                    "GET /sse/connect/u%d HTTP/1.1\r\nHost: bench\r\n"
-                                   "Accept: text/event-stream\r\n\r\n",
-                                   first + (int)id);
+                                   "Accept: text/event-stream\r\n%s\r\n",
+                                   first + (int)id, last);
                 if (write(s->fd, req, len) != len) {
                     close(s->fd);
                     s->state = ST_CLOSED;
@@ -238,13 +333,23 @@ static int sub_main(int argc, char **argv) {
                     bytes_in += r;
                     int was = s->greeted;
                     scan(s, buf, r, t);
-                    if (!was && s->greeted) inflight--;
+                    if (reconnect_mode) scan_lines(s, buf, r);
+                    if (!was && s->greeted) {
+                        open_now++;
+                        if (s->reconnect_at > 0) last_back_at = mono();
+                        else inflight--;
+                    }
                     if (r < (ssize_t)sizeof buf) break;
                     continue;
                 }
                 if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
-                if (!s->greeted) inflight--;
                 close(s->fd);
+                if (reconnect_mode) {
+                    if (!s->greeted && s->reconnect_at == 0) inflight--;
+                    stream_ended(s, mono());
+                    break;
+                }
+                if (!s->greeted) inflight--;
                 s->state = ST_CLOSED;
                 closed_count++;
                 break;
