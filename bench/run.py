@@ -175,9 +175,9 @@ def cpu_seconds(pid: int) -> float:
 class Subscriber:
     """The C subscriber on the load core, driven over its stdin/stdout."""
 
-    def __init__(self, url: str, count: int, first: int, *, reconnect: bool = False) -> None:
+    def __init__(self, url: str, count: int, first: int, *, reconnect: str = "") -> None:
         host, port = url.removeprefix("http://").split(":")
-        mode = ["256", "reconnect"] if reconnect else []
+        mode = ["256", reconnect] if reconnect else []
         self.proc = subprocess.Popen(
             ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", host, port, str(count), str(first),
              *mode],
@@ -376,13 +376,14 @@ def send_to_each(url: str, users: range, deadline: float) -> tuple[int, int]:
     return accepted, retried
 
 
-def restart_storm(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+def restart_storm(server: Server, workdir: Path, sizes: Sizes, reconnect: str) -> dict[str, Any]:
     """SIGTERM the hub under ``restart_streams`` streams and start it again at once.
 
     Each stream gets one message before, so it comes back with a Last-Event-ID; while
     the hub is down one message per user is published (retried until accepted).
     Figures: seconds from SIGTERM until the new hub answers, until every stream is
     back, until every user got the message; what was lost or delivered twice.
+    ``reconnect`` is the load tool's mode: ``reconnect`` or ``reconnect-spread``.
     """
     count, first = sizes.restart_streams, 300_000
     users = range(first, first + count)
@@ -390,7 +391,7 @@ def restart_storm(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]
     url = f"http://127.0.0.1:{port}"
     log = workdir / f"{server.name}-restart.log"
     proc = launch(server, port, log)
-    sub = Subscriber(url, count, first, reconnect=True)
+    sub = Subscriber(url, count, first, reconnect=reconnect)
     try:
         sub.ask("wait_open")
         send_to_each(url, users, time.monotonic() + 30)
@@ -421,6 +422,7 @@ def restart_storm(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]
             proc.kill()
     last = max((received for _, received in records), default=stopped_ns)
     return {"streams": count, "hub_exit_s": exited, "hub_down_s": up, "all_back_s": float(back),
+            "back_after_up_s": float(back) - up,
             "all_got_s": (last - stopped_ns) / 1e9, "accepted": accepted, "got": got,
             "lost": accepted - len(records), "repeated": int(repeated),
             "reconnects": int(reconnects), "refused_connects": int(refused),
@@ -444,10 +446,11 @@ def run_scenario(
     return found
 
 
-def run_restart(server: Server, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+def run_restart(server: Server, workdir: Path, sizes: Sizes, spread: bool) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        found = restart_storm(server, workdir, sizes)
+        mode = "reconnect-spread" if spread else "reconnect"
+        found = restart_storm(server, workdir, sizes, mode)
     except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
         found = {"error": str(exc)}
     took = time.monotonic() - started
@@ -478,7 +481,9 @@ ROWS = [
     ("broadcast: last user p99 ms", ("broadcast", "last_user_p99_ms"), False),
     ("broadcast: lost", ("broadcast", "lost"), False),
     ("restart: hub down s", ("restart", "hub_down_s"), False),
+    ("restart: hub exit s", ("restart", "hub_exit_s"), False),
     ("restart: all back s", ("restart", "all_back_s"), False),
+    ("restart: back after up s", ("restart", "back_after_up_s"), False),
     ("restart: all got it s", ("restart", "all_got_s"), False),
     ("restart: lost", ("restart", "lost"), False),
     ("restart: repeated", ("restart", "repeated"), False),
@@ -575,6 +580,10 @@ def main() -> None:
         "--set", action="append", default=[], metavar="SIZE=N",
         help="override one size, e.g. --set idle_hold=2 (names: the Sizes fields)",
     )  # fmt: skip
+    parser.add_argument(
+        "--spread-retry", action="store_true",
+        help="restart: clients wait the retry: hint times 0.5-1.5 (as if the hub spread it)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(Path(args.table).read_text())["results"]))
@@ -609,7 +618,7 @@ def main() -> None:
                             if scenario != "restart":
                                 found[scenario] = run_scenario(scenario, proc, url, sizes)
                 if "restart" in scenarios and server.name.endswith(RESTARTABLE):
-                    found["restart"] = run_restart(server, Path(workdir), sizes)
+                    found["restart"] = run_restart(server, Path(workdir), sizes, args.spread_retry)
             except RuntimeError as exc:  # the server did not start: say why, run the others
                 print(f"   not run: {exc}", file=sys.stderr, flush=True)
                 found = {"error": str(exc)}

@@ -21,6 +21,8 @@
  *                               <refused connects> <seconds from `mark` to the last
  *                               stream back>"
  *         mark               -> "marked": starts the clock `storm` reports from
+ *       With "reconnect-spread" instead, each wait is the hint times a random factor in
+ *       [0.5, 1.5]: what a hub that spread its hints per stream would get.
  *
  *   ssebench pub HOST PORT unicast TOTAL USERS BATCH CONNS RATE
  *       POSTs TOTAL messages to random users u0..u<USERS-1> through /sse/messages, BATCH
@@ -108,7 +110,7 @@ static Stream *streams;
 static int64_t *records; /* pairs */
 static size_t n_records, cap_records;
 static long events, keepalives, greeted, closed_count, failed;
-static int reconnect_mode;
+static int reconnect_mode, reconnect_spread;
 static long repeated, reconnects, refused, open_now;
 static double marked_at, last_back_at;
 static long long bytes_in;
@@ -185,19 +187,25 @@ static void scan_lines(Stream *s, const char *buf, ssize_t n) {
     }
 }
 
+static double retry_wait(Stream *s) {
+    double wait = (s->retry_ms > 0 ? s->retry_ms : 3000) / 1000.0;
+    return reconnect_spread ? wait * (0.5 + (double)rand() / RAND_MAX) : wait;
+}
+
 static void stream_ended(Stream *s, double now) {
     if (s->greeted) open_now--;
     s->greeted = 0;
     s->match = s->kind = s->line_len = s->event_has_id = 0;
     s->state = ST_WAITING;
-    s->reconnect_at = now + (s->retry_ms > 0 ? s->retry_ms : 3000) / 1000.0;
+    s->reconnect_at = now + retry_wait(s);
 }
 
 static int sub_main(int argc, char **argv) {
     int n = atoi(argv[4]);
     int first = argc > 5 ? atoi(argv[5]) : 0;
     int inflight_max = argc > 6 ? atoi(argv[6]) : 256;
-    reconnect_mode = argc > 7 && !strcmp(argv[7], "reconnect");
+    reconnect_spread = argc > 7 && !strcmp(argv[7], "reconnect-spread");
+    reconnect_mode = reconnect_spread || (argc > 7 && !strcmp(argv[7], "reconnect"));
     streams = calloc(n, sizeof(Stream));
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)-1};
@@ -232,7 +240,7 @@ static int sub_main(int argc, char **argv) {
                 if (s->state != ST_WAITING || s->reconnect_at > now) continue;
                 s->fd = open_socket();
                 if (s->fd < 0) {
-                    s->reconnect_at = now + (s->retry_ms > 0 ? s->retry_ms : 3000) / 1000.0;
+                    s->reconnect_at = now + retry_wait(s);
                     continue;
                 }
                 s->state = ST_CONNECTING;
