@@ -37,8 +37,8 @@ async def emitted(client: httpx.AsyncClient, servers: list[ServerProcess], kind:
 async def test_a_user_on_two_nodes_is_online_once_and_offline_once_both_closed(
     store: str, start_server: ServerFactory
 ) -> None:
-    a = start_server("--offline-grace", "0.5", store=store)
-    b = start_server("--offline-grace", "0.5", store=store)
+    a = start_server("--offline-grace", "1.5", store=store)
+    b = start_server("--offline-grace", "1.5", store=store)
     async with PresenceStream(b.url) as feed, httpx.AsyncClient() as client:
         on_a = await greeted(await Stream(a.url, "alice").__aenter__())
         _, online = await feed.presence()
