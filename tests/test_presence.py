@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,3 +145,25 @@ async def test_a_message_that_reached_no_stream_in_time_is_undelivered_a_replay_
         ("carol", {"id": lost, "event": "report", "data": {"n": [1, 2]}}),
         ("erin", {"id": last, "event": None, "data": "42"}),  # a string stays a string
     ]
+
+
+@pytest.mark.parametrize("stream_mode", ["fast"], indirect=True)
+async def test_a_stopping_hub_ends_presence_and_the_events_survive_a_sqlite_restart(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/restart.db"
+    server = start_server("--offline-grace", "60", store=store)
+    async with PresenceStream(server.url) as feed, Stream(server.url, "sam") as tab:
+        assert (await tab.next_message()) is not None
+        online_id, online = await feed.presence()
+        assert online["type"] == "user.online"
+        server.stop()  # the grace is long; the stop ends the presence all the same
+    again = start_server("--offline-grace", "60", store=store, port=server.port)
+    headers = {"Last-Event-ID": online_id}
+    async with PresenceStream(again.url, headers=headers) as resumed:
+        _, offline = await resumed.presence()
+        assert (offline["type"], offline["user_id"]) == ("user.offline", "sam")
+        async with Stream(again.url, "sam") as back:
+            assert (await back.next_message()) is not None
+            _, online_again = await resumed.presence()
+            assert online_again["type"] == "user.online"
