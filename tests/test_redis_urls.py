@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ssehub.exceptions import ConfigurationError
+from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import open_store
 from ssehub.stores.redis import RedisStore
 from ssehub.stores.redis_cluster import RedisClusterStore
@@ -40,3 +40,20 @@ async def test_cluster_and_sentinel_urls_build_their_stores_without_connecting()
     assert type(sentinel) is RedisStore
     await sentinel.close()
     await cluster.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://127.0.0.1:1?prefix=down", "redis+sentinel://127.0.0.1:1/hub"]
+)
+async def test_a_store_whose_redis_cannot_be_reached_raises_store_unavailable(url: str) -> None:
+    store = open_store(url)
+    await store.start()  # degraded, not failed
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.append("alice", b"data: x\n")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.watch("alice")
+    finally:
+        await store.close()

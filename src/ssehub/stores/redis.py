@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ssehub import idempotency
@@ -39,9 +39,10 @@ from ssehub.stores.base import (
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+Call = tuple[list[str], list[Any]]  # a script call's keys and arguments
+
 _MAX_ID: Final = 2**64 - 1
 _CHUNK: Final = 500  # appends per script call: bounds how long Redis runs one script
-_PARALLEL: Final = 16  # script calls in flight at once for one batch on a cluster
 _DEFAULT_TTL: Final = 15.0
 _MIN_TTL: Final = 3.0  # a busy event loop must not make live users flap
 _RETRY_RECORD_MS: Final = 60_000  # how long an append without a client key is remembered
@@ -85,15 +86,17 @@ class RedisStore(Store):
     ) -> None:
         super().__init__(retention=retention)
         aioredis = _redis_client.import_redis()
-        from redis.exceptions import ResponseError
+        from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
         self._client = client
         self._errors: tuple[type[BaseException], ...] = (
             aioredis.RedisError,
+            RedisClusterException,  # not a RedisError: no node answers, a slot not covered
             OSError,
             TimeoutError,
         )
         self._response_error = ResponseError
+        self._no_script = NoScriptError
         self._keys = keys = Keys(prefix)
         self._p = keys.p
         self._pub = "SPUBLISH" if self.sharded else "PUBLISH"
@@ -189,17 +192,31 @@ class RedisStore(Store):
                 raise idempotency.IdempotencyKeyReused from None
             raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
 
-    async def _all(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
-        """Await calls, at most `_PARALLEL` at a time; raise the first error after all ran."""
+    async def _scripted(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        """Run a script once per ``(keys, args)``, in order; raise the first error after.
+
+        Several calls go out as one pipeline: one round trip on one server, one per
+        master on a cluster (each master runs its calls in order, so the chunks of
+        one slot stay in order). A master that does not know the script yet (a
+        replica just promoted) gets it, and the calls it refused are sent again.
+        """
+        script = self._scripts[name]
         if len(calls) == 1:
-            return [await calls[0]]
-        gate = asyncio.Semaphore(_PARALLEL)
-
-        async def gated(call: Awaitable[Any]) -> Any:
-            async with gate:
-                return await call
-
-        results = await asyncio.gather(*map(gated, calls), return_exceptions=True)
+            keys, args = calls[0]
+            return [await script(keys=keys, args=args)]
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for index in todo:
+                keys, args = calls[index]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for index, answer in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                results[index] = answer
+            todo = [index for index in todo if isinstance(results[index], self._no_script)]
+            if not todo:
+                break
+            await self._client.script_load(script.script)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -230,43 +247,37 @@ class RedisStore(Store):
         # spread over many appends; reads trim exactly.
         return [self._p, maxlen, max(10, maxlen // 10), self._stream_ttl_ms]
 
+    def _chunks(self, user_ids: Sequence[str]) -> list[list[int]]:
+        """Positions of users, in script calls of at most `_CHUNK` users of one slot."""
+        return [
+            group[start : start + _CHUNK]
+            for group in self._groups(user_ids)
+            for start in range(0, len(group), _CHUNK)
+        ]
+
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
         intent = idempotency.current()
         head = [*self._append_args(), self._pub]
-        ids: list[bytes | None] = [None] * len(items)
-        calls: list[Awaitable[None]] = []
-        ordinal = 0
-        for group in self._groups([user_id for user_id, _ in items]):
-            chunks = [group[start : start + _CHUNK] for start in range(0, len(group), _CHUNK)]
-            numbered = list(enumerate(chunks, ordinal))
-            ordinal += len(chunks)
-            calls.append(self._append_group(items, numbered, head, intent, ids))
-        async with self._errors_as_unavailable():
-            await self._all(calls)
-        return [
-            StoredEvent(raw.decode(), bytes(payload))
-            for raw, (_, payload) in zip(ids, items, strict=True)
-            if raw is not None  # a broadcast another node appended already
-        ]
-
-    async def _append_group(
-        self,
-        items: Sequence[tuple[str, bytes]],
-        chunks: list[tuple[int, list[int]]],
-        head: list[Any],
-        intent: idempotency.Intent | None,
-        ids: list[bytes | None],
-    ) -> None:
-        # The chunks of one slot run one after another: a user's events stay in order.
-        for ordinal, chunk in chunks:
+        chunks = self._chunks([user_id for user_id, _ in items])
+        calls: list[Call] = []
+        for ordinal, chunk in enumerate(chunks):
             first = items[chunk[0]][0]
             args = [*head, *self._record(self._keys.user("i", first), ordinal, intent)]
             for index in chunk:
                 user_id, payload = items[index]
                 args += (tag(user_id), payload, getattr(payload, "broadcast_id", ""))
-            answer = await self._scripts["APPEND"](keys=[self._keys.stream(first)], args=args)
+            calls.append(([self._keys.stream(first)], args))
+        ids: list[bytes | None] = [None] * len(items)
+        async with self._errors_as_unavailable():
+            answers = await self._scripted("APPEND", calls)
+        for chunk, answer in zip(chunks, answers, strict=True):
             for index, raw in zip(chunk, answer, strict=True):
                 ids[index] = raw
+        return [
+            StoredEvent(raw.decode(), bytes(payload))
+            for raw, (_, payload) in zip(ids, items, strict=True)
+            if raw is not None  # a broadcast another node appended already
+        ]
 
     async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
         # One script call and, for users with streams on this node only, one message
@@ -275,17 +286,14 @@ class RedisStore(Store):
             *self._append_args(), self._pub,
             self._node_channel, getattr(payload, "broadcast_id", ""), payload,
         ]  # fmt: skip
-        calls = []
-        for group in self._groups(user_ids):
-            for start in range(0, len(group), _CHUNK):
-                chunk = [user_ids[index] for index in group[start : start + _CHUNK]]
-                args = [*head]
-                for user_id in chunk:
-                    args += (user_id, tag(user_id))
-                keys = [self._keys.stream(chunk[0])]
-                calls.append(self._scripts["APPEND_ALL"](keys=keys, args=args))
+        calls: list[Call] = []
+        for chunk in self._chunks(user_ids):
+            args = [*head]
+            for index in chunk:
+                args += (user_ids[index], tag(user_ids[index]))
+            calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
         async with self._errors_as_unavailable():
-            return sum(int(count) for count in await self._all(calls))
+            return sum(int(count) for count in await self._scripted("APPEND_ALL", calls))
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
         after = ""
@@ -354,7 +362,7 @@ class RedisStore(Store):
         write = self._scripts["SET_PRESENCE"](keys=[self._keys.stream(user_id)], args=args)
         # One writer at a time, so a refresh never lands after a newer count.
         async with self._presence_lock, self._errors_as_unavailable():
-            await self._all([write, self._client.zadd(self._keys.users, {user_id: 0})])
+            await asyncio.gather(write, self._client.zadd(self._keys.users, {user_id: 0}))
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         now = time.monotonic()
@@ -366,33 +374,25 @@ class RedisStore(Store):
             return
         async with self._presence_lock:
             head: list[str | int] = [self._p, self._node, self._ttl_ms(), repr(time.time())]
-            calls: list[Awaitable[Any]] = []
-            for group in self._groups(user_ids):
-                for start in range(0, len(group), _CHUNK):
-                    chunk = [user_ids[index] for index in group[start : start + _CHUNK]]
-                    args = [*head]
-                    for user_id in chunk:
-                        args += (tag(user_id), self._local_counts.get(user_id, 0))
-                    keys = [self._keys.stream(chunk[0])]
-                    calls.append(self._scripts["REFRESH"](keys=keys, args=args))
-            for start in range(0, len(user_ids), _USERS_PAGE):
-                known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
-                calls.append(self._client.zadd(self._keys.users, known))
+            calls: list[Call] = []
+            for chunk in self._chunks(user_ids):
+                args = [*head]
+                for index in chunk:
+                    args += (tag(user_ids[index]), self._local_counts.get(user_ids[index], 0))
+                calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
             async with self._errors_as_unavailable():
-                await self._all(calls)
+                await self._scripted("REFRESH", calls)
+                for start in range(0, len(user_ids), _USERS_PAGE):
+                    known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
+                    await self._client.zadd(self._keys.users, known)
 
     async def _user_rows(self, user_ids: Sequence[str]) -> list[list[Any]]:
         head: list[str | int] = [
             self._p, self.retention.max_events, self._max_age_ms, self._stream_ttl_ms
         ]  # fmt: skip
-        calls = [
-            self._scripts["USER"](
-                keys=[self._keys.stream(user_id)], args=[*head, user_id, tag(user_id)]
-            )
-            for user_id in user_ids
-        ]
+        calls = [([self._keys.stream(u)], [*head, u, tag(u)]) for u in user_ids]
         async with self._errors_as_unavailable():
-            return await self._all(calls)
+            return await self._scripted("USER", calls)
 
     @staticmethod
     def _record_of(row: list[Any]) -> UserRecord:
