@@ -73,6 +73,7 @@ async def test_a_message_no_stream_got_in_time_is_undelivered_with_its_data() ->
     async with hub.running():
         await hub.open("alice", RecordingSink())
         await hub.send("alice", "seen live")
+        assert hub.presence.awaiting == 1
         sent = time.time()
         lost = await hub.send("carol", {"n": 1}, event="report")
         await hub.send("dave", "42")
@@ -83,6 +84,7 @@ async def test_a_message_no_stream_got_in_time_is_undelivered_with_its_data() ->
             event = await next_event(got)
             if event.type == MESSAGE_UNDELIVERED:
                 undelivered.append(event)
+        assert hub.presence.awaiting == 0  # every message was checked
     assert 0.2 <= undelivered[0].at - sent < 0.3  # at: when its deadline passed
     assert [(e.user_id, e.message) for e in undelivered] == [
         ("carol", UndeliveredMessage(lost, "report", {"n": 1})),

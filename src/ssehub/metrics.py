@@ -70,6 +70,11 @@ class HubCollector(Collector):
         for type_, count in hub.presence.emitted.items():
             transitions.add_metric([type_], count)
         yield transitions
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_undelivered_checks_pending",
+            "Messages accepted on this node whose undelivered check is still to come.",
+            value=hub.presence.awaiting,
+        )
         latency = stats.store_latency
         yield HistogramMetricFamily(
             f"{NAMESPACE}_store_append_seconds",

@@ -214,6 +214,7 @@ class Presence(PresenceListeners):
 
     Attributes:
         emitted: events this node emitted, by type.
+        awaiting: messages accepted here whose undelivered check is still to come.
     """
 
     def __init__(
@@ -232,6 +233,7 @@ class Presence(PresenceListeners):
         #: how often offline transitions are looked for, and delivery cursors shared
         self.tick = max(_MIN_TICK, min(limits))
         self.emitted: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
+        self.awaiting = 0
         self._ledger: PresenceLedger | None = None
         self._ops: collections.deque[tuple[int, Sequence[str], float]] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -281,6 +283,7 @@ class Presence(PresenceListeners):
             # Checked one tick after the deadline: other nodes share what they
             # delivered once a tick.
             deadline = time.monotonic() + self.undelivered_after + self.tick
+            self.awaiting += len(items)
             self._accepted.append(
                 (
                     deadline,
@@ -391,6 +394,7 @@ class Presence(PresenceListeners):
         except BaseException:
             self._accepted.extendleft(reversed(due))  # checked again next tick
             raise
+        self.awaiting -= count
         for event_id, (user_id, at, message) in zip(emitted, lost, strict=True):
             self._emit(PresenceEvent(event_id, MESSAGE_UNDELIVERED, user_id, at, message))
 
