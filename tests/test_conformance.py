@@ -44,6 +44,7 @@ OK_10_STREAM = (200, "close")  # an HTTP/1.0 one: close-delimited
 OK_JSON = (200, "length")
 HEAD_OK = (200, "none")
 BAD = (400, "length")
+OK_TEXT = (200, "length")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,15 @@ CORPUS = [
     case("huge-header", get(U, b"X-A: " + b"a" * 70_000 + b"\r\n"), (431, "length"),
          closes=True),
     case("huge-request-line", get(U + b"?" + b"a" * 70_000), (414, "length"), closes=True),
+    case("huge-header-in-pieces", [get(U)[:-2], *[b"X-A: " + b"a" * 9_000 + b"\r\n"] * 8, b"\r\n"],
+         (431, "length"), closes=True, pause=0.02),
+    case("ten-thousand-headers", get(U, b"X: y\r\n" * 10_000), (431, "length"), closes=True),
+    case("cors-stream", get(U, b"Origin: https://app.example\r\n"), OK_STREAM),
+    case("cors-preflight", get(U, b"Origin: https://app.example\r\n"
+                                  b"Access-Control-Request-Method: GET\r\n", method=b"OPTIONS"),
+         OK_TEXT),
+    case("cors-refused-stream", get(U + b"?last_event_id=x", b"Origin: https://app.example\r\n"),
+         BAD),
     case("expect-continue", get(U, b"Expect: 100-continue\r\n"), OK_STREAM),
     case("bare-lf", b"GET /sse/connect/{u} HTTP/1.1\nHost: x\n\n", BAD, closes=True),
     case("leading-crlf", b"\r\n" + STREAM, OK_STREAM),
@@ -277,7 +287,15 @@ def compare(item: Case, fast: Exchange, portable: Exchange) -> None:
     if item.closes is not None:
         assert fast.closed == portable.closed == item.closes, (fast.closed, portable.closed)
     for one, other in zip(fast.answers, portable.answers, strict=True):
-        for name in ("content-type", "cache-control", "www-authenticate", "retry-after"):
+        for name in (
+            "content-type",
+            "cache-control",
+            "www-authenticate",
+            "retry-after",
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "vary",
+        ):
             assert one.header(name) == other.header(name), name
         assert one.closes == other.closes, (
             one.headers.get("connection"),

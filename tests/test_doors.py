@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -449,17 +450,17 @@ async def test_a_portable_stream_whose_server_cannot_write_any_more_ends_quietly
         assert hub.open_streams == 0
 
 
-async def test_the_corrected_protocol_adds_no_attribute_to_a_plain_connection() -> None:
-    # uvicorn's protocol has 28 instance attributes; a few more on every connection would
-    # stop its instances sharing their dict's keys (1.3 KiB more per portable stream).
-    plain, _ = http_protocol(streaming_app, HttpToolsProtocol)
-    protocol, _ = http_protocol(streaming_app)
+async def test_the_corrected_protocol_costs_a_connection_no_more_than_uvicorns() -> None:
+    # uvicorn's protocol has 28 instance attributes; a few more on every connection stop
+    # its instances sharing their dict's keys (1.3 KiB more per portable stream).
+    # (fresh subclasses: each class's instances share one table of keys, which the
+    # rare paths of other tests here may have filled)
+    plain, _ = http_protocol(streaming_app, type("Plain", (HttpToolsProtocol,), {}))
+    protocol, _ = http_protocol(streaming_app, type("Corrected", (HttpProtocol,), {}))
+    whole = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     for one in (plain, protocol):
-        for piece in (
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\n",
-            b"Host: x\r\n\r\n",
-        ):
+        for piece in (whole, whole[:16], whole[16:]):  # one head whole, one in two reads
             one.data_received(piece)
             await next_step()
-    assert set(vars(protocol)) == set(vars(plain))
+    assert set(vars(protocol)) - set(vars(plain)) <= {"_split_head"}
+    assert sys.getsizeof(vars(protocol)) == sys.getsizeof(vars(plain))

@@ -21,7 +21,7 @@ from ssehub.fast.head import FastStreams
 from ssehub.fast.stream import CloseDelimitedStream, StreamProtocol
 from ssehub.front.answers import error_response
 from ssehub.front.checks import check_bare_stream_request, request_mappings
-from ssehub.front.http1 import MAX_HEAD, HttpProtocol, head_size
+from ssehub.front.http1 import MAX_HEAD, MAX_HEADERS, HttpProtocol, head_size
 
 
 def take_over(
@@ -167,7 +167,9 @@ class EntryProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if not self._head_done:
             self._head_done = True
-            if self._size > MAX_HEAD and head_size(self._url, self._headers) > MAX_HEAD:
+            if len(self._headers) > MAX_HEADERS or (
+                self._size > MAX_HEAD and head_size(self._url, self._headers) > MAX_HEAD
+            ):
                 return  # the app's protocol refuses it (414 or 431)
             parser = self._parser
             self._target = stream_target(

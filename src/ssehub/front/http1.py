@@ -23,7 +23,8 @@ each a case of the conformance suite (``tests/test_conformance.py``):
   at once, in the middle of the response still being written; here the connection ends
   after that response instead.
 - **A head may not grow without bound.** uvicorn with httptools sets no limit; a head
-  still unfinished after `MAX_HEAD` bytes gets a 414 (still in the request line) or 431.
+  over `MAX_HEAD` bytes gets a 414 (still in the request line) or 431, and so does one
+  of more than `MAX_HEADERS` fields.
 
 It relies on uvicorn's ``HttpToolsProtocol`` internals (its parser callbacks,
 ``send_400_response``, ``on_response_complete``, and its ``cycle``, ``pipeline``,
@@ -46,6 +47,9 @@ from ssehub.front.checks import bad_framing
 MAX_HEAD = 64 * 1024
 """Bytes of a request head still unfinished, or of requests pipelined, held at most."""
 
+
+MAX_HEADERS = 1000
+"""Header fields of a request at most (uvicorn and httptools set no limit)."""
 
 MAX_PIPELINED = 32
 """Requests queued behind an unfinished response at most; the next one is refused."""
@@ -112,13 +116,17 @@ class HttpProtocol(HttpToolsProtocol):
         scope = self.scope
         unfinished = scope is not None and "method" not in scope  # a head read in part
         super().data_received(data)
-        if unfinished and self.scope is scope and "method" not in scope:
-            # The same head is still unfinished: count what it took since its first
-            # piece (which is at most one read, and measured whole when complete).
+        now = self.scope
+        if now is not None and "method" not in now and not self.transport.is_closing():
+            # A head is unfinished after this read: count its bytes so far (measured
+            # once when it began in this read, then adding each later read whole).
             split = self._split_head
-            size = len(data) + (split[1] if split is not None and split[0] is scope else 0)
-            self._split_head = (scope, size)
-            if size > MAX_HEAD and not self.transport.is_closing():
+            if unfinished and now is scope and split is not None and split[0] is now:
+                size = split[1] + len(data)
+            else:
+                size = head_size(self.url, self.headers)
+            self._split_head = (now, size)
+            if size > MAX_HEAD:
                 # Still in the request line if no header was read yet.
                 self.refuse(431 if self.headers else 414, "Request head too large.")
 
@@ -150,6 +158,8 @@ class HttpProtocol(HttpToolsProtocol):
                 self._refuse_head(414, "Request head too large.")
             if head_size(self.url, self.headers) > MAX_HEAD:
                 self._refuse_head(431, "Request head too large.")
+        if len(self.headers) > MAX_HEADERS:
+            self._refuse_head(431, "Too many header fields.")
         if bad_framing(self.headers, http_version):
             self._refuse_head(400, "Invalid HTTP request received.")
 
