@@ -327,3 +327,30 @@ async def test_the_wal_starts_over_under_a_steady_load_of_appends(
                 break  # it was reset
         else:
             pytest.fail(f"the WAL only grew, to {largest} bytes")
+
+
+async def test_presence_that_fails_to_be_written_is_still_read_and_written_later(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    store = await open_sqlite()
+    event = await store.append("alice", b"data: 1\n")
+    other = sqlite3.connect(tmp_path / "hub.db")  # stands in for a disk that refuses
+    other.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    other.commit()
+    await store.set_presence("alice", connections=0, cursor=event.id)
+    await store._presence.settle()  # the batch failed
+    assert (await store.get_user("alice")).cursor == event.id
+    other.execute("DROP TRIGGER refuse")
+    other.commit()
+
+    def written() -> bool:
+        return other.execute("SELECT cursor FROM users WHERE user_id = 'alice'").fetchone() == (
+            event.id,
+        )
+
+    async with asyncio.timeout(10):
+        while not written():
+            await asyncio.sleep(0.05)  # the retry runs a second after the failure
+    other.close()

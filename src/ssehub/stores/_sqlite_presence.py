@@ -64,7 +64,10 @@ class PresenceBuffer:
         entry = self._unflushed.get(user_id)
         if cursor is None and entry is not None:
             cursor, cursor_n = entry[0][3], entry[0][4]
-        row: Row = (user_id, connections, time.time(), cursor, cursor_n)
+        self._add((user_id, connections, time.time(), cursor, cursor_n))
+
+    def _add(self, row: Row) -> None:
+        user_id = row[0]
         with self._lock:
             batch = self._batch
             if batch is None:
@@ -113,16 +116,23 @@ class PresenceBuffer:
             entry = self._unflushed.get(user_id)
             if entry is None or entry[0] is not row:
                 continue  # a newer change is on its way
-            del self._unflushed[user_id]
             if failed:
-                retry.append(row)
+                retry.append(row)  # still the newest: reads go on seeing it
+            else:
+                del self._unflushed[user_id]
         if retry:
             logger.warning("presence of %d users not written; retrying", len(retry))
             asyncio.get_running_loop().call_later(_RETRY_SECONDS, self._retry, retry)
 
     def _retry(self, rows: list[Row]) -> None:
-        for user_id, connections, _, cursor, cursor_n in rows:
-            if user_id in self._unflushed:
+        for row in rows:
+            entry = self._unflushed.get(row[0])
+            if entry is None or entry[0] is not row:
                 continue  # changed since: the newer change is written instead
-            with contextlib.suppress(StoreUnavailable):  # the store closed meanwhile
-                self.set(user_id, connections, cursor, cursor_n)
+            try:
+                self._add(row)
+            except StoreUnavailable:
+                if not self._writer.running:  # closed: nothing more is written
+                    del self._unflushed[row[0]]
+                else:  # far behind: later
+                    asyncio.get_running_loop().call_later(_RETRY_SECONDS, self._retry, [row])
