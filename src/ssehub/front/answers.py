@@ -9,16 +9,7 @@ import orjson
 from starlette.responses import Response
 
 from ssehub.events import retry_frame
-from ssehub.exceptions import (
-    AuthenticationFailed,
-    InvalidInput,
-    LimitExceeded,
-    PayloadTooLarge,
-    PermissionDenied,
-    ServerFull,
-    SsehubError,
-    StoreUnavailable,
-)
+from ssehub.exceptions import SsehubError, StoreUnavailable, http_status
 
 logger = logging.getLogger("ssehub.api")
 
@@ -39,31 +30,24 @@ def json_response(status: int, body: object, headers: dict[str, str] | None = No
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
+# Headers of error answers: how to sign in; when to come back (a client retries a 429
+# only when it is told when).
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": "Bearer"},
+    429: {"Retry-After": "1"},
+    503: {"Retry-After": "1"},
+}
+
+
 def error_response(exc: SsehubError) -> Response:
-    """Map an ssehub exception to its HTTP answer: ``{"detail": ...}`` and its status."""
-    headers: dict[str, str] | None = None
-    if isinstance(exc, PayloadTooLarge):
-        status = 413
-    elif isinstance(exc, InvalidInput):
-        status = 400
-    elif isinstance(exc, AuthenticationFailed):
-        status = 401
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, PermissionDenied):
-        status = 403
-    elif isinstance(exc, ServerFull):
-        status = 503
-        headers = {"Retry-After": "1"}
-    elif isinstance(exc, LimitExceeded):
-        status = 429
-        headers = {"Retry-After": "1"}
-    elif isinstance(exc, StoreUnavailable):
-        status = 503
-        headers = {"Retry-After": "1"}
+    """Map an ssehub exception to its HTTP answer: ``{"detail": ...}`` and its status.
+
+    The status is `ssehub.exceptions.HTTP_STATUS`'s, the table the client reads back.
+    """
+    status = http_status(exc)
+    if isinstance(exc, StoreUnavailable):
         logger.warning("store unavailable: %s", exc)
-    else:
-        status = 500
-    return json_response(status, {"detail": str(exc)}, headers)
+    return json_response(status, {"detail": str(exc)}, _ERROR_HEADERS.get(status))
 
 
 def unavailable_answer(exc: StoreUnavailable, accept: str | None, retry_ms: int) -> Response:
