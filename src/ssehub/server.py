@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import importlib.util
 import logging
@@ -12,16 +13,18 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI
 
 from ssehub.app import create_app
-from ssehub.exceptions import ConfigurationError
+from ssehub.exceptions import ConfigurationError, SsehubError
 from ssehub.fast import fast_protocol
 from ssehub.front.http1 import HttpProtocol
 from ssehub.logs import configure_logging
@@ -31,18 +34,40 @@ from ssehub.stores import open_store
 logger = logging.getLogger("ssehub.server")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STARTUP_FAILED = 2  # a worker's exit code when it could not start: not worth replacing
 _GC_THRESHOLDS = (20_000, 50, 100)  # the cyclic collector's, once serving (default 700, 10, 10)
 
 
 class HubServer(uvicorn.Server):
     """uvicorn, tuned for a process that serves the hub, exiting 0 on SIGTERM/SIGINT.
 
-    The streams end at once on a signal because the hub puts itself in front of the
-    server's signal handlers while it runs (see `ssehub._signals`), as in any host app.
+    It runs the app's lifespan itself (uvicorn's is off, see `uvicorn_config`), before
+    uvicorn's start-up, so that a store that cannot start is the `SsehubError` it is
+    (in ``startup_error``; `serve` raises it: one line and exit 2), not uvicorn's
+    lifespan traceback. The streams end at once on a signal because the hub puts
+    itself in front of the server's signal handlers while it runs (`ssehub._signals`),
+    as in any host app.
     """
 
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self.startup_error: SsehubError | None = None
+        self._lifespan: contextlib.AbstractAsyncContextManager[object] | None = None
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        lifespan = self.app.router.lifespan_context(self.app)
+        try:
+            await lifespan.__aenter__()
+        except SsehubError as exc:
+            self.startup_error = exc
+            self.should_exit = True
+            return
+        self._lifespan = lifespan
         await super().startup(sockets=sockets)
+        if self.should_exit:  # uvicorn could not start after all
+            await self._end_lifespan()
+            return
         # What exists once the server is up (modules, the app, its routes and models)
         # lives as long as the process: keep it out of the cyclic collector's full
         # passes, which would otherwise walk it all and stall every stream for tens of
@@ -55,6 +80,17 @@ class HubServer(uvicorn.Server):
         # collections cost what is alive, not what was allocated, so a larger first
         # threshold lets request objects die young (steady p99 9.7 -> 3.1 ms).
         gc.set_threshold(*_GC_THRESHOLDS)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            await self._end_lifespan()
+
+    async def _end_lifespan(self) -> None:
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is not None:
+            await lifespan.__aexit__(None, None, None)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -71,10 +107,13 @@ class HubServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, app: object, *, lifespan: Literal["on", "off"] = "on"
+) -> uvicorn.Config:
     """The uvicorn settings ssehub runs with.
 
     Streams take the fast path (`ssehub.fast`) unless ``settings.portable``.
+    ``lifespan="off"`` when the server runs the app's lifespan itself (`HubServer`).
     """
     http: type[asyncio.Protocol] | str = HttpProtocol
     extra: dict[str, object] = {}
@@ -91,7 +130,7 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         http=http,
         ssl_certfile=settings.ssl_certfile or None,
         ssl_keyfile=settings.ssl_keyfile or None,
-        lifespan="on",
+        lifespan=lifespan,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -110,11 +149,53 @@ def _http2_protocol() -> str:
     return "zttp"
 
 
+def listen_socket(settings: Settings) -> socket.socket:
+    """The server's socket, bound to ``settings.host`` and ``settings.port`` now.
+
+    Raises:
+        ConfigurationError: the address is in use, or cannot be listened on.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    where = f"{settings.host}:{settings.port}"
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"{where} is already in use: another server listens there; "
+                "stop it or choose another --port"
+            ) from exc
+        raise ConfigurationError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)  # worker processes serve it too
+    return sock
+
+
 def _serve_worker(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve in this process until a signal.
+
+    Raises:
+        SsehubError: the app or its store could not start (nothing was served).
+    """
     configure_logging(settings.log_level, json=settings.log_json)
     app = create_app(settings)
-    server = HubServer(uvicorn_config(settings, app))
-    server.run(sockets=sockets)
+    # One process: listen before anything starts, so that a port in use is reported
+    # as such before the store opens or anything says it is ready.
+    server = HubServer(uvicorn_config(settings, app, lifespan="off"), app)
+    server.run(sockets=sockets or [listen_socket(settings)])
+    if server.startup_error is not None:
+        raise server.startup_error
+
+
+def _worker_main(settings: Settings, sockets: list[socket.socket]) -> None:
+    """A worker process: `_serve_worker`, a start-up error one line and exit code 2."""
+    try:
+        _serve_worker(settings, sockets)
+    except SsehubError as exc:
+        print(f"ssehub: error: {exc}", file=sys.stderr)
+        sys.exit(_STARTUP_FAILED)
 
 
 def raise_open_file_limit() -> int:
@@ -156,9 +237,7 @@ def serve(settings: Settings) -> None:
         raise ConfigurationError(
             f"--workers {settings.workers} needs a store the workers can share: use redis://"
         )
-    config = uvicorn_config(settings, "ssehub.app:create_app")
-    sock = config.bind_socket()
-    _supervise(settings, sock)
+    _supervise(settings, listen_socket(settings))
 
 
 def _supervise(settings: Settings, sock: socket.socket) -> None:
@@ -166,12 +245,15 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
 
     A worker that dies is replaced; SIGTERM/SIGINT are passed on to every worker,
     which closes its streams and exits.
+
+    Raises:
+        ConfigurationError: a worker could not start (it said why); the others stop.
     """
     context = multiprocessing.get_context("spawn")
     stopping: list[int] = []
 
     def start_worker() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_serve_worker, args=(settings, [sock]), daemon=False)
+        process = context.Process(target=_worker_main, args=(settings, [sock]), daemon=False)
         process.start()
         return process
 
@@ -185,6 +267,8 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
         while not stopping:
             time.sleep(0.2)
             for index, process in enumerate(workers):
+                if process.exitcode == _STARTUP_FAILED:
+                    raise ConfigurationError("a worker could not start (see above)")
                 if not process.is_alive() and not stopping:
                     logger.warning("worker %s exited (%s); starting another", process.pid,
                                    process.exitcode)  # fmt: skip
