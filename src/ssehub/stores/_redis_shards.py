@@ -79,6 +79,7 @@ class ShardedSubscriber:
         self._changed = asyncio.Event()  # a round of `_follow` ended
         self._wake = asyncio.Event()  # a subscription moved: follow the slots now
         self._task: asyncio.Task[None] | None = None
+        self._probe: tuple[Address, AbstractConnection] | None = None  # reads the slot map
 
     @property
     def listener(self) -> StoreListener | None:
@@ -122,6 +123,7 @@ class ShardedSubscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._drop_probe()
         for shard in self._all_shards():
             await shard.close()
         self._shards.clear()
@@ -135,11 +137,13 @@ class ShardedSubscriber:
         Raises:
             StoreUnavailable: the slot's master cannot be reached.
         """
-        async with self._lock:
+        async with self._lock:  # one subscriber per master, however many watch at once
             address = self._master_of(self._keys.channel(user_id))
             shard = await self._shard(address)
-            await shard.watch(user_id)
-            self._owner[user_id] = address
+        # Not under the lock, so streams opening at once wait on Redis side by side. A
+        # move of the slot meanwhile is seen by the next round of `_follow`.
+        await shard.watch(user_id)
+        self._owner[user_id] = address
 
     async def unwatch(self, user_id: str) -> None:
         """Stop receiving a user's events."""
@@ -203,29 +207,44 @@ class ShardedSubscriber:
         return connect
 
     async def _read_slots(self) -> list[tuple[int, int, Address]]:
-        """The slot map, from the first node that answers (known masters first)."""
+        """The slot map, from the node asked last time, or the first other that answers.
+
+        One connection is kept for this, so following the map costs one command a
+        ping interval, not a connection.
+        """
         candidates = [address for _, _, address in self._slots]
         nodes = [*self._client.get_nodes(), *self._client.nodes_manager.startup_nodes.values()]
         candidates += [(node.host, int(node.port)) for node in nodes]
-        for host, port in dict.fromkeys(candidates):
-            connection = self._connector((host, port))()
+        if self._probe is not None:
+            candidates.insert(0, self._probe[0])
+        for address in dict.fromkeys(candidates):
+            if self._probe is None or self._probe[0] != address:
+                await self._drop_probe()
+                self._probe = (address, self._connector(address)())
+            connection = self._probe[1]
             try:
                 async with asyncio.timeout(self._timeout):
-                    await connection.connect()  # type: ignore[no-untyped-call]
-                    await connection.send_command("CLUSTER", "SLOTS")
+                    if not connection.is_connected:
+                        await connection.connect()  # type: ignore[no-untyped-call]
+                    await connection.send_command("CLUSTER", "SLOTS", check_health=False)
                     reply: Any = await connection.read_response()
             except self._errors:  # TimeoutError among them
+                await self._drop_probe()
                 continue
-            finally:
-                with contextlib.suppress(*self._errors):
-                    await connection.disconnect()
             slots = [
-                (int(row[0]), int(row[1]), (row[2][0].decode() or host, int(row[2][1])))
+                (int(row[0]), int(row[1]), (row[2][0].decode() or address[0], int(row[2][1])))
                 for row in reply
             ]
             if slots:
                 return sorted(slots)
         raise StoreUnavailable("no redis cluster node answers")
+
+    async def _drop_probe(self) -> None:
+        if self._probe is not None:
+            connection = self._probe[1]
+            self._probe = None
+            with contextlib.suppress(*self._errors):
+                await connection.disconnect()
 
     async def _follow(self) -> None:
         while True:

@@ -201,6 +201,8 @@ class RedisStore(Store):
         replica just promoted) gets it, and the calls it refused are sent again.
         """
         script = self._scripts[name]
+        if not calls:
+            return []
         if len(calls) == 1:
             keys, args = calls[0]
             return [await script(keys=keys, args=args)]
