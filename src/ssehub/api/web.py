@@ -39,8 +39,8 @@ def _read(name: str) -> bytes:
 
 
 def add_web_routes(router: APIRouter) -> None:
-    """Add ``GET /`` (the page), ``GET /web/{app.js,app.css}`` (its assets) and
-    ``GET /ssehub.js`` (the browser client)."""
+    """Add ``GET /`` (the page), ``GET /web/{app.js,app.css}`` (its assets),
+    ``GET /ssehub.js`` (the browser client) and ``GET /favicon.ico``."""
     page = _read("index.html")
 
     @router.get("/", include_in_schema=False, response_class=Response)
@@ -49,6 +49,7 @@ def add_web_routes(router: APIRouter) -> None:
 
     for name, media_type in _FILES.items():
         _add_asset(router, name, _read(name), media_type)
+    _add_icon(router, _read("favicon.ico"))
     _add_client(router, _read("ssehub.js"))
 
 
@@ -61,6 +62,16 @@ def _add_client(router: APIRouter, body: bytes) -> None:
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
         return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+def _add_icon(router: APIRouter, body: bytes) -> None:
+    # Browsers ask every origin for /favicon.ico; without one, each page load shows a
+    # 404 in the console.
+    headers = {"cache-control": "public, max-age=86400", "x-content-type-options": "nosniff"}
+
+    @router.get("/favicon.ico", include_in_schema=False, response_class=Response)
+    async def icon() -> Response:
+        return Response(body, media_type="image/x-icon", headers=headers)
 
 
 def _add_asset(router: APIRouter, name: str, body: bytes, media_type: str) -> None:
