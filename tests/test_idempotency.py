@@ -122,13 +122,13 @@ async def test_a_broadcast_repeated_with_its_key_reaches_a_stream_once(
         assert seen == ["all", "end"]
 
 
-async def test_a_key_reused_for_another_body_answers_422_json(server: ServerProcess) -> None:
+async def test_a_key_reused_for_another_body_answers_409_json(server: ServerProcess) -> None:
     alice, headers = user(), key()
     url = f"{server.url}/sse/users/{alice}/messages"
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(url, json={"data": "a"}, headers=headers)).status_code == 202
         reused = await client.post(url, json={"data": "b"}, headers=headers)
-        assert reused.status_code == 422
+        assert reused.status_code == 409
         assert reused.headers["content-type"] == "application/json"
         assert "Idempotency-Key" in reused.json()["detail"]
         # The same content with other spacing and key order is the same request.

@@ -8,6 +8,7 @@ EXPECTED = [
     "ConfigurationError",
     "Grant",
     "Hub",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "LimitExceeded",
     "Limits",

@@ -11,6 +11,7 @@ from ssehub.events import StoredEvent, encode_payload
 from ssehub.exceptions import (
     AuthenticationFailed,
     ConfigurationError,
+    IdempotencyKeyReused,
     InvalidInput,
     LimitExceeded,
     PayloadTooLarge,
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "Grant",
     "Hub",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "LimitExceeded",
     "Limits",

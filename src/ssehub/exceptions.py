@@ -4,7 +4,8 @@
 SsehubError
 ├── ConfigurationError        bad settings, raised at start-up
 ├── InvalidInput (ValueError) a user id, event name, id or payload ssehub refuses
-│   └── PayloadTooLarge
+│   ├── PayloadTooLarge
+│   └── IdempotencyKeyReused  an Idempotency-Key sent again with another request (409)
 ├── LimitExceeded             a connection or rate limit was reached (HTTP 429)
 │   └── ServerFull            this process holds all the streams it may (HTTP 503)
 ├── AuthenticationFailed      no credentials, or bad ones (HTTP 401)
@@ -46,6 +47,13 @@ class PayloadTooLarge(InvalidInput):
     """A message or a batch is larger than the configured limit."""
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An ``Idempotency-Key`` used already for another request (route, target or body)."""
+
+    def __init__(self, detail: str = "Idempotency-Key already used for another request") -> None:
+        super().__init__(detail)
+
+
 class LimitExceeded(SsehubError):
     """A configured limit (connections per user, in total) was reached."""
 
@@ -69,6 +77,7 @@ class StoreUnavailable(SsehubError, ConnectionError):
 HTTP_STATUS: dict[type[SsehubError], int] = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
+    IdempotencyKeyReused: 409,  # not 422: FastAPI answers its own validation errors so
     AuthenticationFailed: 401,
     PermissionDenied: 403,
     LimitExceeded: 429,

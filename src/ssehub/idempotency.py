@@ -2,7 +2,7 @@
 
 A publish repeated with the same key, for the same request (route, target and body),
 answers what the first one answered and delivers nothing twice; the same key with
-another request is refused (`IdempotencyKeyReused`, HTTP 422). Every publish route goes
+another request is refused (`IdempotencyKeyReused`, HTTP 409). Every publish route goes
 through one `Idempotency` layer, over whatever store the hub has:
 
 - A store that records idempotency itself (`IdempotentStore`, the Redis stores) sees
@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from ssehub.exceptions import InvalidInput
+from ssehub.exceptions import IdempotencyKeyReused, InvalidInput
 
 __all__ = [
     "HEADER",
@@ -44,13 +44,6 @@ HEADER: Final = "idempotency-key"
 _MAX_KEY_LENGTH: Final = 255
 
 T = TypeVar("T")
-
-
-class IdempotencyKeyReused(InvalidInput):
-    """The key was used already for another request (another route, target or body)."""
-
-    def __init__(self) -> None:
-        super().__init__("Idempotency-Key already used for another request")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ _ERROR_DESCRIPTIONS = {
     401: "No valid credentials (jwt mode).",
     403: "Valid credentials that do not allow this.",
     413: "Payload, body or batch over its limit.",
+    409: "The Idempotency-Key was used already for another request.",
     429: "Too many streams for the user.",
     503: "Store unavailable, or the server holds all the streams it may.",
 }

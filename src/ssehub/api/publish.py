@@ -8,12 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from ssehub.api._body import message_fields, read_json
-from ssehub.api._errors import ERROR_SCHEMA, error_responses, json_response
+from ssehub.api._errors import error_responses, json_response
 from ssehub.api._params import UserIdPath
 from ssehub.auth import Authenticator
 from ssehub.exceptions import InvalidInput, PayloadTooLarge
 from ssehub.hub import Hub
-from ssehub.idempotency import HEADER, Idempotency, IdempotencyKeyReused
+from ssehub.idempotency import HEADER, Idempotency
 from ssehub.limits import check_user_id
 from ssehub.stores.base import UserState
 
@@ -60,13 +60,7 @@ _STATUS_SCHEMA: dict[str, Any] = {
     },
 }
 _ERRORS = error_responses(400, 401, 403, 413, 503)
-_PUBLISH_ERRORS = {
-    **_ERRORS,
-    422: {
-        "description": "The Idempotency-Key was used already for another request.",
-        "content": {"application/json": {"schema": ERROR_SCHEMA}},
-    },
-}
+_PUBLISH_ERRORS = error_responses(400, 401, 403, 409, 413, 503)
 _KEY_PARAMETER: dict[str, Any] = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -101,11 +95,9 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
     async def idempotent(
         request: Request, scope: str, body: Any, publish: Callable[[], Awaitable[Any]]
     ) -> Response:
-        # Every publish route answers through here: 202 with the (first) answer.
-        try:
-            answer = await once.run(request.headers.get(HEADER), scope, body, publish)
-        except IdempotencyKeyReused as exc:
-            return json_response(422, {"detail": str(exc)})
+        # Every publish route answers through here: 202 with the (first) answer, or an
+        # error (IdempotencyKeyReused: 409).
+        answer = await once.run(request.headers.get(HEADER), scope, body, publish)
         return json_response(202, answer)
 
     @router.post(
