@@ -135,6 +135,28 @@ async def test_frames_of_one_loop_step_go_out_in_one_write_at_its_end() -> None:
         assert transport.writes == [chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n")]
 
 
+async def test_one_broken_socket_does_not_hold_back_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_hub() as hub:
+        broken, broken_transport, front = fast_stream(hub)
+        healthy, transport, _ = fast_stream(hub)
+        healthy._front = broken._front = front  # one batch for both
+        for stream in (broken, healthy):
+            await stream.open("ann", None, None)
+
+        def fail(data: object) -> None:
+            raise OSError("broken pipe")
+
+        broken_transport.write = fail  # type: ignore[method-assign,assignment]
+        broken.write(b"data: 1\n\n")
+        healthy.write(b"data: 1\n\n")
+        await next_step()
+        assert transport.writes[-1] == chunk(b"data: 1\n\n")
+        assert "writing to a stream failed" in caplog.text
+        broken.connection_lost(OSError("broken pipe"))  # what the loop then reports
+
+
 async def test_a_frame_written_to_many_streams_is_chunked_once() -> None:
     async with running_hub() as hub:
         first, one, _ = fast_stream(hub)
