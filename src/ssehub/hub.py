@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import logging
 import time
@@ -22,11 +21,11 @@ from typing import Any
 from ssehub import events
 from ssehub._broadcasts import Broadcasts
 from ssehub._keepalive import KeepAlive
-from ssehub._latency import LatencyHistogram
 from ssehub._presence_feed import PresenceFeed
 from ssehub._registry import Registry
 from ssehub._replay import replay
 from ssehub._signals import chain_shutdown_signals
+from ssehub._stats import HubStats
 from ssehub._store_presence import StorePresence
 from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, StoreUnavailable
@@ -39,21 +38,6 @@ from ssehub.stores.base import Store, UserRecord
 logger = logging.getLogger("ssehub.hub")
 
 _CLOSE_DRAIN_SECONDS = 5.0
-
-
-@dataclasses.dataclass(slots=True)
-class HubStats:
-    """Counters the hub keeps as plain integers; metrics read them at scrape time."""
-
-    accepted: int = 0
-    delivered: int = 0
-    replayed: int = 0
-    dropped_slow: int = 0
-    connects: int = 0
-    disconnects: int = 0
-    refused: int = 0
-    queued_offline: int = 0
-    store_latency: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
 
 
 class Hub:

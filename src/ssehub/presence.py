@@ -10,21 +10,30 @@ it (the webhook sender is one; an application's own callback or `Presence.events
 be others). Every event is also in the presence log, which ``/sse/events/presence``
 serves on every node.
 
-The event types and the JSON body are CONTRACT.md's ("Webhooks").
+The event types and the JSON body are CONTRACT.md's ("Webhooks"); the event as data
+is in `_presence_events`, and re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-import orjson
-
+from ssehub._presence_events import (
+    EVENT_TYPES,
+    PresenceEvent,
+    PresenceListener,
+    PresenceListeners,
+    TextPayload,
+    UndeliveredMessage,
+    as_published,
+    event_from_log,
+    message_json,
+)
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores._presence import (
@@ -51,155 +60,17 @@ __all__ = [
     "PresenceListeners",
     "TextPayload",
     "UndeliveredMessage",
+    "as_published",
+    "event_from_log",
     "rfc3339",
 ]
 
 logger = logging.getLogger("ssehub.presence")
 
-EVENT_TYPES: Final = (USER_ONLINE, USER_OFFLINE, MESSAGE_UNDELIVERED)
 DEFAULT_OFFLINE_GRACE: Final = 3.0
 _MAX_TICK: Final = 0.5
 _MIN_TICK: Final = 0.05
 _CHECK_BATCH: Final = 10_000  # messages checked per tick at most
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UndeliveredMessage:
-    """The message of a ``message.undelivered`` event.
-
-    Attributes:
-        id: the message's event id (as the publish answer gave it).
-        event: its event name, or None.
-        data: its data as published: a string, or the JSON value.
-    """
-
-    id: str
-    event: str | None
-    data: object
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PresenceEvent:
-    """One transition, as webhooks and ``/sse/events/presence`` carry it.
-
-    Attributes:
-        id: unique per event: the webhook's id and the SSE ``id:`` (an id of the
-            presence log, so ``Last-Event-ID`` resumes after it).
-        type: `USER_ONLINE`, `USER_OFFLINE` or `MESSAGE_UNDELIVERED`.
-        user_id: the user.
-        at: Unix seconds of the transition (for offline: when the last stream closed;
-            for undelivered: when the deadline passed).
-        message: for `MESSAGE_UNDELIVERED`, the message.
-    """
-
-    id: str
-    type: str
-    user_id: str
-    at: float
-    message: UndeliveredMessage | None = None
-
-    def body(self) -> dict[str, object]:
-        """The JSON body of CONTRACT.md, with ``at`` in RFC 3339 UTC."""
-        body: dict[str, object] = {
-            "id": self.id,
-            "type": self.type,
-            "user_id": self.user_id,
-            "at": rfc3339(self.at),
-        }
-        if self.message is not None:
-            body["message"] = _message_json(self.message)
-        return body
-
-
-PresenceListener = Callable[[PresenceEvent], None]
-"""Called once per event cluster-wide, on the node that emits it, on the event loop.
-
-It must not block: a listener that has I/O to do queues the event and returns.
-"""
-
-
-class PresenceListeners:
-    """The listeners of one node; an exception in one is logged, not raised."""
-
-    def __init__(self) -> None:
-        self._listeners: list[PresenceListener] = []
-
-    def subscribe(self, listener: PresenceListener) -> Callable[[], None]:
-        """Call ``listener`` with every event this node emits; return an unsubscribe."""
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def emit(self, event: PresenceEvent) -> None:
-        """Hand ``event`` to every listener, in subscription order."""
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # one listener's bug must not cost the others the event
-                logger.exception("presence listener %r failed", listener)
-
-    async def events(self, *, max_queue: int = 1000) -> AsyncIterator[PresenceEvent]:
-        """Iterate over the events this node emits from now on, until the loop is left.
-
-        Up to ``max_queue`` events wait for a slow reader; past that the oldest is
-        dropped (and logged): the iterator never holds the hub back.
-        """
-        queue: collections.deque[PresenceEvent] = collections.deque()
-        ready = asyncio.Event()
-
-        def put(event: PresenceEvent) -> None:
-            if len(queue) >= max_queue:
-                dropped = queue.popleft()
-                logger.warning("presence iterator too slow: dropped event %s", dropped.id)
-            queue.append(event)
-            ready.set()
-
-        unsubscribe = self.subscribe(put)
-        try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                while queue:
-                    yield queue.popleft()
-        finally:
-            unsubscribe()
-
-
-class TextPayload(bytes):
-    """An encoded payload whose data was published as a string (not a JSON value).
-
-    The hub marks payloads so only while undelivered messages are tracked, so that a
-    ``message.undelivered`` event carries the data as it was given. No attributes: it
-    costs a copy, not an object the garbage collector has to follow.
-    """
-
-    __slots__ = ()
-
-
-def as_published(payload: bytes, text: bool) -> tuple[object, str | None]:
-    """The data and event name an encoded payload was made from.
-
-    ``text``: the data was a string (see `TextPayload`); otherwise it is parsed back
-    from its compact JSON (and given as text if it is not JSON).
-    """
-    name = None
-    lines: list[str] = []
-    for line in payload.decode().split("\n")[:-1]:
-        if line.startswith("event: "):
-            name = line[7:]
-        else:
-            lines.append(line[6:])
-    joined = "\n".join(lines)
-    if text:
-        return joined, name
-    try:
-        return orjson.loads(joined), name
-    except orjson.JSONDecodeError:
-        return joined, name
 
 
 class Presence(PresenceListeners):
@@ -387,7 +258,7 @@ class Presence(PresenceListeners):
                         data, name = as_published(payloads[index], bool(texts[index]))
                         lost.append((user_id, at, UndeliveredMessage(ids[index], name, data)))
             entries = [
-                log_payload(MESSAGE_UNDELIVERED, u, rfc3339(at), _message_json(m))
+                log_payload(MESSAGE_UNDELIVERED, u, rfc3339(at), message_json(m))
                 for u, at, m in lost
             ]
             emitted = await ledger.append(entries) if entries else []
@@ -412,13 +283,3 @@ _Accepted = tuple[float, float, list[str], list[tuple[int, int]], list[str], lis
 """(check time, deadline as Unix time, users, keys, ids, payloads, 1 for a string's)"""
 _OPENED: Final = 1
 _CLOSED: Final = 0
-
-
-def _message_json(message: UndeliveredMessage) -> dict[str, object]:
-    return {"id": message.id, "event": message.event, "data": message.data}
-
-
-def event_from_log(event_id: str, payload: bytes) -> tuple[str, bytes]:
-    """The type and JSON body (with its id first) of a presence log entry."""
-    body = orjson.loads(payload)
-    return str(body.get("type")), orjson.dumps({"id": event_id, **body})
