@@ -117,5 +117,6 @@ def forget_prefix(prefix: str, base: str | None = None) -> None:
 
     with redis.Redis.from_url(base or redis_url()) as client:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys += client.scan_iter(match=f"{{{prefix}:*", count=1000)  # hash-tagged families
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])

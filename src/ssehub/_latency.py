@@ -18,16 +18,17 @@ class LatencyHistogram:
     round trip; exporters turn it into cumulative buckets when they are scraped.
     """
 
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("buckets", "count", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets  # upper bounds, increasing
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
         self.sum = 0.0
         self.count = 0
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.sum += seconds
         self.count += 1
 
@@ -35,7 +36,7 @@ class LatencyHistogram:
         """``(upper bound, observations at or below it)`` pairs, ending with ``+Inf``."""
         total = 0
         pairs: list[tuple[str, int]] = []
-        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
             total += count
             pairs.append((bound, total))
         return pairs

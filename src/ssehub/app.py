@@ -21,6 +21,7 @@ from ssehub.front.portable import StreamEndpoint, StreamFront
 from ssehub.hub import Hub
 from ssehub.settings import Settings
 from ssehub.stores import open_store
+from ssehub.webhooks import create_sender
 
 logger = logging.getLogger("ssehub.app")
 
@@ -51,10 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         offline_grace=settings.offline_grace,
         undelivered_after=settings.undelivered_after,
     )
+    webhooks = create_sender(settings, store)
+    if webhooks is not None:
+        hub.presence.subscribe(webhooks)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with hub.running():
+        async with hub.running(), webhooks.running() if webhooks else contextlib.nullcontext():
             logger.info("ssehub ready, store %s", store.__class__.__name__)
             yield
 
@@ -75,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     router = create_router(hub, auth=auth, publish=True, demo=True, demo_step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
-    add_metrics_route(router, hub)
+    add_metrics_route(router, hub, webhooks=webhooks.stats if webhooks else None)
     add_presence_routes(router, hub, auth)
     app.include_router(router)
     return app

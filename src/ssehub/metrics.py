@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ssehub import __version__
 from ssehub.hub import Hub
+from ssehub.webhooks import WebhookStats
 
 NAMESPACE = "ssehub"
 
@@ -84,8 +85,48 @@ class HubCollector(Collector):
         )
 
 
-def hub_registry(hub: Hub) -> CollectorRegistry:
-    """A registry of its own for one hub (so several apps in a process do not clash)."""
+class WebhookCollector(Collector):
+    """Reads a webhook sender's counters when Prometheus scrapes."""
+
+    def __init__(self, stats: WebhookStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        deliveries = CounterMetricFamily(
+            f"{NAMESPACE}_webhook_deliveries",
+            "Webhook events by outcome: delivered (a 2xx answer) or dropped (given up on).",
+            labels=["result"],
+        )
+        deliveries.add_metric(["delivered"], stats.delivered)
+        deliveries.add_metric(["dropped"], stats.dropped)
+        yield deliveries
+        failures = CounterMetricFamily(
+            f"{NAMESPACE}_webhook_failures",
+            "Failed webhook attempts by reason: status (non-2xx), timeout or network.",
+            labels=["reason"],
+        )
+        for reason in ("status", "timeout", "network"):
+            failures.add_metric([reason], stats.failures[reason])
+        yield failures
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_webhook_pending",
+            "Webhook deliveries kept in the outbox, not yet received (retries included).",
+            value=stats.pending,
+        )
+        yield HistogramMetricFamily(
+            f"{NAMESPACE}_webhook_delivery_seconds",
+            "Time from a webhook event to its receiver's 2xx answer, retries included.",
+            buckets=stats.latency.cumulative(),
+            sum_value=stats.latency.sum,
+        )
+
+
+def hub_registry(hub: Hub, *, webhooks: WebhookStats | None = None) -> CollectorRegistry:
+    """A registry of its own for one hub (so several apps in a process do not clash),
+    with the webhook sender's metrics when there is one."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(hub))
+    if webhooks is not None:
+        registry.register(WebhookCollector(webhooks))
     return registry

@@ -7,11 +7,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ssehub.hub import Hub
 from ssehub.metrics import hub_registry
+from ssehub.webhooks import WebhookStats
 
 
-def add_metrics_route(router: APIRouter, hub: Hub) -> None:
-    """Add ``/metrics`` in the Prometheus text format."""
-    registry = hub_registry(hub)
+def add_metrics_route(router: APIRouter, hub: Hub, *, webhooks: WebhookStats | None = None) -> None:
+    """Add ``/metrics`` in the Prometheus text format (with ``webhooks``' if given)."""
+    registry = hub_registry(hub, webhooks=webhooks)
 
     @router.get(
         "/metrics",

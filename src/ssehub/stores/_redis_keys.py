@@ -22,6 +22,7 @@ Key layout under a prefix ``P`` (see ARCHITECTURE.md, "Redis store and scale-out
 | ``P:{b}:x`` | channel | user ids to disconnect, on every node |
 | ``P:n:<node>`` | channel | a node's share of a broadcast (one Redis server only) |
 | ``P:users`` | sorted set | known users (score 0, ordered by id) |
+| ``{P:webhooks}:*`` | zset, hashes | the webhook outbox (one slot; see ``_redis_outbox``) |
 
 ``U`` is the user's tag: the user id itself, or, for an id holding a ``}`` (which would
 end the tag early), ``\\x01`` and the id's SHA-1 (no user id holds a control character).

@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 # being reused after the newest rows are deleted. ``created`` never decreases in id order.
 # ``trimmed``: per user, the newest id retention dropped (``reset`` needs it).
 # ``users``: presence of every user who ever opened a stream.
+# ``webhooks``: webhook deliveries not yet received (the outbox), by when they are due.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -35,6 +36,14 @@ CREATE TABLE IF NOT EXISTS users (
     cursor TEXT,
     cursor_n INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    due REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due);
 """
 
 

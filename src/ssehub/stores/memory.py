@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ssehub.events import StoredEvent, event_key
 from ssehub.stores._local import LocalFanout
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
+from ssehub.stores.outbox import MemoryOutbox
 
 _SWEEP_SECONDS = 60.0
 
@@ -89,6 +90,10 @@ class MemoryStore(LocalFanout):
 
     async def ping(self) -> None:
         return None
+
+    def outbox(self) -> MemoryOutbox:
+        """Webhook deliveries in memory: best effort, lost with the process."""
+        return MemoryOutbox()
 
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []

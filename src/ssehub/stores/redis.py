@@ -26,6 +26,7 @@ from ssehub.stores import _redis_client
 from ssehub.stores import _redis_scripts as scripts
 from ssehub.stores._presence import PresenceLedger
 from ssehub.stores._redis_keys import Keys, by_slot, tag
+from ssehub.stores._redis_outbox import RedisOutbox
 from ssehub.stores._redis_subscriber import BROADCAST_KEEP, Subscriber, format_id
 from ssehub.stores.base import (
     ReadResult,
@@ -180,6 +181,10 @@ class RedisStore(Store):
             await self._client.ping()
         if not self._subscriber.is_up():
             raise StoreUnavailable("redis pub/sub is reconnecting")
+
+    def outbox(self) -> RedisOutbox:
+        """Webhook deliveries shared by every node (see `ssehub.stores._redis_outbox`)."""
+        return RedisOutbox(self._client, prefix=self._p[:-1], errors=self._errors)
 
     @contextlib.asynccontextmanager
     async def _errors_as_unavailable(self) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._local import LocalFanout
+from ssehub.stores._sqlite_outbox import SqliteOutbox
 from ssehub.stores._sqlite_presence import PresenceBuffer
 from ssehub.stores._sqlite_readers import Readers
 from ssehub.stores._sqlite_reads import read_after, user_record
@@ -201,6 +202,10 @@ class SqliteStore(LocalFanout):
         if listener is not None:
             for user_id, event in appended:
                 listener.on_event(user_id, event)
+
+    def outbox(self) -> SqliteOutbox:
+        """Webhook deliveries kept in this file (see `ssehub.stores.outbox.HasOutbox`)."""
+        return SqliteOutbox(self._submit, self._read)
 
     # -- retention sweep ----------------------------------------------------------------
 
