@@ -230,7 +230,10 @@ def start_readme_receiver(directory: Path, port: int) -> subprocess.Popen[bytes]
     script.write_text(readme_receiver())
     env = {"PATH": os.environ.get("PATH", ""), "SSEHUB_WEBHOOK_SECRET": SECRET, "PORT": str(port)}
     with (directory / "out").open("wb") as out, (directory / "err").open("wb") as err:
-        return subprocess.Popen([sys.executable, str(script)], env=env, stdout=out, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )  # fmt: skip
 
 
 async def test_the_readme_receiver_takes_signed_events_once_and_refuses_forgeries(

@@ -88,11 +88,15 @@ class Receiver:
 
     def start(self, timeout: float = 10.0) -> Receiver:
         """Start the process and wait until it accepts connections."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port),
-             "--secret", self.secret, "--log", str(self.log), *self.options],
-            cwd=REPO,
-        )  # fmt: skip
+        with self.log.with_suffix(".err").open("ab") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port),
+                 "--secret", self.secret, "--log", str(self.log), *self.options],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,  # never the test worker's own pipes
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.accepts():
