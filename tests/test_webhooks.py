@@ -26,7 +26,7 @@ from ssehub.webhooks import WebhookSender, retry_delay, sign
 from tests.conftest import REPO, free_port
 from tests.redis_server import redis_url
 from tests.stores.conftest import STORE_KINDS, StoreFactory
-from tests.webhook_receiver import Receiver, signature_is_valid
+from tests.webhook_receiver import Receiver, ReceiverFactory, receivers, signature_is_valid
 
 pytestmark = pytest.mark.anyio
 
@@ -38,21 +38,10 @@ def online(event_id: str) -> PresenceEvent:
     return PresenceEvent(event_id, USER_ONLINE, "alice", time.time())
 
 
-ReceiverFactory = Callable[..., Receiver]
-
-
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[ReceiverFactory]:
-    """Make receiver processes (started unless ``start=False``); stopped afterwards."""
-    made: list[Receiver] = []
-
-    def make(*options: str, start: bool = True, port: int | None = None) -> Receiver:
-        made.append(Receiver(tmp_path, port or free_port(), SECRET, *options))
-        return made[-1].start() if start else made[-1]
-
-    yield make
-    for one in made:
-        one.stop()
+    with receivers(tmp_path, SECRET) as make:
+        yield make
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,27 @@ class Receiver:
                 return received
             await asyncio.sleep(0.02)
         raise AssertionError(f"received {len(self.received())} requests, wanted {count}")
+
+
+ReceiverFactory = Callable[..., Receiver]
+
+
+@contextlib.contextmanager
+def receivers(directory: Path, secret: str) -> Iterator[ReceiverFactory]:
+    """Make receivers (started unless ``start=False``); stop them all on the way out."""
+    from tests.conftest import free_port  # not at the top: the receiver process skips it
+
+    made: list[Receiver] = []
+
+    def make(*options: str, start: bool = True, port: int | None = None) -> Receiver:
+        made.append(Receiver(directory, port or free_port(), secret, *options))
+        return made[-1].start() if start else made[-1]
+
+    try:
+        yield make
+    finally:
+        for receiver in made:
+            receiver.stop()
 
 
 def main() -> None:
