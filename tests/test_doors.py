@@ -269,6 +269,28 @@ def test_an_asgi_sink_holds_everything_until_live_then_bounds_the_queue() -> Non
     assert sink.overflowed
 
 
+@pytest.mark.parametrize("kind", ["fast", "portable"])
+async def test_a_keepalive_before_the_greeting_is_dropped(kind: str) -> None:
+    # The hub's keep-alive timer may reach a stream registered but not yet greeted.
+    async with running_hub() as hub:
+        if kind == "fast":
+            sink: StreamProtocol | AsgiSink = fast_stream(hub)[0]
+        else:
+            sink = AsgiSink(limit=1000)
+        sink.write(events.KEEPALIVE_FRAME)
+        sink.write(GREETING)
+        sink.write(events.KEEPALIVE_FRAME)
+        assert sink.release() == [GREETING, events.KEEPALIVE_FRAME]
+
+
+def test_a_stream_that_starts_with_keepalives_alone_keeps_them() -> None:
+    # (the presence feed's first frame is a keep-alive: the stream shows it is open)
+    sink = AsgiSink(limit=1000)
+    sink.write(events.KEEPALIVE_FRAME)
+    assert sink.release() == [events.KEEPALIVE_FRAME]
+    assert AsgiSink(limit=10).release() == []
+
+
 def test_an_asgi_sink_closed_while_holding_ends_after_what_it_held() -> None:
     sink = AsgiSink(limit=10)
     sink.write(b"a")

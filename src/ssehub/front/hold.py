@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ssehub.events import KEEPALIVE_FRAME
+
 
 class HoldUntilHead:
     """The part of a `FrameSink` that holds frames until the response head is sent.
@@ -35,6 +37,16 @@ class HoldUntilHead:
         return True
 
     def release(self) -> list[bytes]:
-        """The head goes out now: return what was held; nothing is held from now on."""
+        """The head goes out now: return what was held; nothing is held from now on.
+
+        Keep-alives held before the first other frame are left out: the hub's timer
+        reaches a stream as soon as it is registered, which may be before its greeting,
+        and a client takes a stream's first event without an id for the greeting.
+        """
         held, self._held = self._held or [], None
+        first = 0
+        while first < len(held) - 1 and held[first] is KEEPALIVE_FRAME:
+            first += 1
+        if first and held[first] is not KEEPALIVE_FRAME:
+            return held[first:]
         return held
