@@ -40,8 +40,10 @@ class Checkpointer:
         self.synchronous = synchronous
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        #: The writer should start no transaction now (read on the loop, set here).
+        #: The writer should start no transaction now (read by the writer, set here).
         self.paused = False
+        #: This thread could not open the file: the writer must checkpoint itself again.
+        self.failed = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -71,6 +73,7 @@ class Checkpointer:
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         except sqlite3.Error as exc:
             logger.error("cannot open %s to checkpoint it: %s", self.path, exc)
+            self.failed = True
             return
         try:
             while True:

@@ -152,6 +152,7 @@ class Writer:
         ready.set_result(None)
         cur = conn.cursor()
         self._checkpointer.start()
+        self_checkpointing = False
         try:
             stopping = False
             while not stopping:
@@ -175,6 +176,11 @@ class Writer:
                     time.sleep(_PAUSE_SECONDS)
                 self._write(cur, batch)
                 self._checkpointer.committed()
+                if self._checkpointer.failed and not self_checkpointing:
+                    # Nobody else checkpoints: SQLite's own way, in the commits, again.
+                    with contextlib.suppress(sqlite3.Error):
+                        cur.execute("PRAGMA wal_autocheckpoint=1000")
+                    self_checkpointing = True
         finally:
             self._checkpointer.stop()
             conn.close()  # the last connection to close checkpoints what is left
