@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Self
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -36,7 +37,7 @@ class Stream:
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
 
-    async def __aenter__(self) -> Stream:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run())
         async with asyncio.timeout(10):
             await self._opened.wait()

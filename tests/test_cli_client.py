@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -83,9 +84,9 @@ class Listener:
 
 
 @pytest.fixture
-def listeners() -> list[Listener]:
+def listeners() -> Iterator[list[Listener]]:
     started: list[Listener] = []
-    yield started  # type: ignore[misc]
+    yield started
     for listener in started:
         listener.kill()
 

@@ -22,7 +22,7 @@ def readme_sync_example(url: str) -> str:
     section = (REPO / "README.md").read_text().split("## Python client", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     source = next(block for block in blocks if "SyncHubClient(" in block)
-    return source.replace("http://127.0.0.1:8000", url)
+    return str(source).replace("http://127.0.0.1:8000", url)
 
 
 SYNC_LOOP = """

@@ -148,7 +148,7 @@ async def test_one_broken_socket_does_not_hold_back_the_batch(
         def fail(data: object) -> None:
             raise OSError("broken pipe")
 
-        broken_transport.write = fail  # type: ignore[method-assign,assignment]
+        broken_transport.write = fail  # type: ignore[method-assign]
         broken.write(b"data: 1\n\n")
         healthy.write(b"data: 1\n\n")
         await next_step()
@@ -431,7 +431,7 @@ async def test_invalid_framing_is_refused_before_the_app_runs() -> None:
 
 async def test_a_request_pipelined_behind_an_unfinished_answer_keeps_the_reading_on() -> None:
     started = asyncio.Event()
-    disconnected: list[dict[str, Any]] = []
+    disconnected: list[Message] = []
 
     async def endless(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -44,7 +44,10 @@ app = Starlette(routes=[Mount("/", app=sse)], lifespan=lifespan)
 """
 
 StartHostApp = Callable[[str, list[str], int], "HostApp"]
-APPS = {"fastapi": readme_library_example, "starlette": lambda: STARLETTE_APP}
+APPS: dict[str, Callable[[], str]] = {
+    "fastapi": readme_library_example,
+    "starlette": lambda: STARLETTE_APP,
+}
 
 
 def uvicorn_command(port: int) -> list[str]:

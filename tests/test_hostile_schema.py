@@ -75,7 +75,7 @@ def test_no_operation_answers_5xx_or_off_its_schema(
         derandomize=True,
         database=None,
     )
-    def run(case: Case) -> None:
+    def run(case: Case[Any]) -> None:
         case.call_and_validate(checks=CHECKS, timeout=10)
 
     run()

@@ -60,7 +60,7 @@ async def test_live_messages_arriving_during_replay_are_sent_once_after_it() -> 
             await hub.send("u", "during")
             return result
 
-        store.read_after = read_then_publish  # type: ignore[method-assign]
+        store.read_after = read_then_publish  # type: ignore[method-assign,assignment]
         connection = await hub.open("u", sink, last_event_id=old[0])
         store.read_after = original_read  # type: ignore[method-assign]
         await hub.send("u", "after")

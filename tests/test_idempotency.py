@@ -114,7 +114,7 @@ async def test_a_broadcast_repeated_with_its_key_reaches_a_stream_once(
             assert answer.status_code == 202, answer.text
         marker = await client.post(f"{server.url}/sse/users/{bob}/messages", json={"data": "end"})
         assert marker.status_code == 202
-        seen = []
+        seen: list[str] = []
         while not seen or seen[-1] != "end":
             message = await stream.next_message()
             assert message is not None
@@ -145,6 +145,6 @@ async def test_a_malformed_key_answers_400_json(server: ServerProcess) -> None:
     url = f"{server.url}/sse/users/{user()}/messages"
     async with httpx.AsyncClient(timeout=10) as client:
         for bad in (b"x" * 256, "caf\u00e9".encode()):
-            answer = await client.post(url, json={"data": "a"}, headers={"Idempotency-Key": bad})
+            answer = await client.post(url, json={"data": "a"}, headers={b"Idempotency-Key": bad})
             assert answer.status_code == 400
             assert "Idempotency-Key" in answer.json()["detail"]

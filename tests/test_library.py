@@ -138,7 +138,9 @@ async def test_streams_pass_through_a_host_apps_http_middleware(middleware_app_u
             sent = await client.post(f"{url}/sse/users/quinn/messages", json={"data": "through"})
             assert sent.status_code == 202
             assert sent.headers["x-host-app"] == "yes"
-            assert (await quinn.next_message()).data == "through"
+            message = await quinn.next_message()
+            assert message is not None
+            assert message.data == "through"
             assert (await client.get(f"{url}/sse/users/quinn")).json()["status"] == "connected"
         async with asyncio.timeout(3):
             while (await client.get(f"{url}/sse/users/quinn")).json()["status"] != "disconnected":

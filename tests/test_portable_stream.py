@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -71,7 +72,7 @@ def awaited_chain(task: asyncio.Task[Any]) -> list[str]:
     """The qualified names of the coroutines ``task`` is suspended in, outermost first."""
     names = []
     coro: Any = task.get_coro()
-    while asyncio.iscoroutine(coro):
+    while inspect.iscoroutine(coro):
         names.append(coro.cr_code.co_qualname)
         coro = coro.cr_await
     return names

@@ -25,7 +25,7 @@ class PresenceStream(Stream):
     """An open ``/sse/events/presence``."""
 
     def __init__(self, base_url: str, **kwargs: dict[str, str]) -> None:
-        super().__init__(base_url, "-", **kwargs)  # type: ignore[arg-type]
+        super().__init__(base_url, "-", **kwargs)
         self.url = f"{base_url}/sse/events/presence"
 
     async def presence(self, timeout: float = 8.0) -> tuple[str, dict[str, object]]:
@@ -136,7 +136,7 @@ async def test_a_message_that_reached_no_stream_in_time_is_undelivered_a_replay_
         async with Stream(server.url, "dave") as late:  # in time: delivered by replay
             assert (await late.messages(2))[1].data == "replayed"
             last = await publish(client, "erin", {"data": "42"})
-            undelivered = []
+            undelivered: list[dict[str, object]] = []
             while len(undelivered) < 2:
                 _, body = await feed.presence()
                 if body["type"] == "message.undelivered":

@@ -352,9 +352,8 @@ async def test_presence_that_fails_to_be_written_is_still_read_and_written_later
     other.commit()
 
     def written() -> bool:
-        return other.execute("SELECT cursor FROM users WHERE user_id = 'alice'").fetchone() == (
-            event.id,
-        )
+        row = other.execute("SELECT cursor FROM users WHERE user_id = 'alice'").fetchone()
+        return bool(row == (event.id,))
 
     async with asyncio.timeout(10):
         while not written():

@@ -65,7 +65,7 @@ def subscribe(
     user: str,
     names: tuple[str, ...] = (),
     module: str = "/ssehub.js",
-    **options: object,
+    **options: Any,
 ) -> None:
     page.evaluate(SUBSCRIBE, [user, options, list(names), module])
 
@@ -122,7 +122,7 @@ def tab(context: sync_api.BrowserContext, url: str) -> sync_api.Page:
 
 
 def tabs(
-    context: sync_api.BrowserContext, url: str, user: str, count: int, **options: object
+    context: sync_api.BrowserContext, url: str, user: str, count: int, **options: Any
 ) -> list[sync_api.Page]:
     """``count`` tabs subscribed to ``user``, each open, exactly one of them leading."""
     pages = [tab(context, url) for _ in range(count)]

@@ -6,6 +6,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -31,7 +32,10 @@ pytestmark = [
     ),
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api")
+if TYPE_CHECKING:
+    from playwright import sync_api as sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def browser() -> Iterator[object]:
             browser.close()
 
 
-def open_page(browser: sync_api.Browser, url: str, **options: object) -> sync_api.Page:
+def open_page(browser: sync_api.Browser, url: str, **options: Any) -> sync_api.Page:
     """A new tab showing the page, its script ready."""
     page = browser.new_page(**options)
     page.goto(url)
