@@ -50,6 +50,7 @@ def serve(
                 state["seen"] += 1
                 state["inflight"] += 1
                 number, inflight = state["seen"], state["inflight"]
+            status = 500 if number <= fail_first else 200
             record = {
                 "at": time.time(),
                 "number": number,
@@ -59,13 +60,13 @@ def serve(
                 "content_type": self.headers.get("Content-Type"),
                 "body": body.decode(),
                 "valid": signature_is_valid(secret, self.headers.get("Ssehub-Signature", ""), body),
-                "status": 500 if number <= fail_first else 200,
+                "status": status,
             }
             with lock, log.open("a") as out:
                 out.write(json.dumps(record) + "\n")
             if number <= slow_first:
                 time.sleep(delay)
-            self.send_response(record["status"])
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
             with lock:
