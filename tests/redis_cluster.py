@@ -47,7 +47,9 @@ class Node:
         self.proc = subprocess.Popen(
             self.command
             or [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.directory), *self.extra],
+                "--appendonly", "no", "--dir", str(self.directory),
+                # A replica's first sync at once, not after 5 s: the tests kill masters.
+                "--repl-diskless-sync-delay", "0", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -61,6 +63,14 @@ class Node:
     def cli(self, *args: str) -> str:
         """Run a command on this node with redis-cli; return its output."""
         return _cli("-p", str(self.port), *args)
+
+    def wait_replicated(self, timeout: float = 20.0) -> None:
+        """Wait until this node, a replica, has synced with its master."""
+        deadline = time.monotonic() + timeout
+        while "master_link_status:up" not in self.cli("info", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on port {self.port} did not sync")
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
@@ -91,16 +101,26 @@ class Cluster:
     ) -> None:
         options = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout),
                    "--cluster-config-file", "nodes.conf")  # fmt: skip
-        # The bus port is given (free_port), not the default port + 10000 (maybe taken).
-        self.nodes = [
-            Node(directory, *options, "--cluster-port", str(free_port()))
-            for _ in range(masters * (1 + replicas))
-        ]
+        self.directory = directory
+        self.options = options
+        self.nodes = [self._new_node() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
+    def _new_node(self) -> Node:
+        # The bus port is given (free_port), not the default port + 10000 (maybe taken).
+        return Node(self.directory, *self.options, "--cluster-port", str(free_port()))
+
     def start(self) -> Cluster:
-        for node in self.nodes:
-            node.start()
+        for index in range(len(self.nodes)):
+            for attempt in range(3):  # a port taken meanwhile by another process: others
+                try:
+                    self.nodes[index].start()
+                    break
+                except RuntimeError:
+                    self.nodes[index].stop()
+                    if attempt == 2:
+                        raise
+                    self.nodes[index] = self._new_node()
         if len(self.nodes) < 3:  # below what redis-cli --cluster create accepts
             share = 16384 // len(self.nodes)
             for index, node in enumerate(self.nodes):
@@ -113,6 +133,9 @@ class Cluster:
             _cli("--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
                  "--cluster-yes")  # fmt: skip
         self.wait_ok()
+        for node in self.nodes:
+            if "role:slave" in node.cli("info", "replication"):
+                node.wait_replicated()
         return self
 
     def wait_ok(self, timeout: float = 20.0) -> None:
@@ -210,7 +233,7 @@ class SentinelSetup:
     def start(self) -> SentinelSetup:
         self.master.start()
         self.replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
-        self.replica.start()
+        self.replica.start().wait_replicated()
         quorum = self._count // 2 + 1
         for _ in range(self._count):
             node = Node(self.directory)

@@ -18,7 +18,7 @@ from tests.conftest import ServerFactory
 from tests.redis_cluster import SentinelSetup
 from tests.sse import Stream
 from tests.test_multinode import eventually, greeted
-from tests.test_redis_cluster import check_delivery, collect, load
+from tests.test_redis_cluster import check_delivery, collect, load, lost_from_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -59,16 +59,19 @@ async def test_a_master_killed_under_load_the_nodes_follow_the_new_one_and_lose_
         assert end.status_code == 202, end.text
         seen = await collect(stream, "end")
         lost = check_delivery(seen, accepted)  # also: nothing came twice, in order
+        gone = await lost_from_history(node_b, user, seen, accepted, killed_at)
         print(
             f"failover in {failover_seconds:.1f} s: {len(accepted)} accepted, "
             f"{len(refusals)} refusals (longest {max(refusals, default=0):.2f} s), "
-            f"{len(lost)} accepted but lost"
+            f"{len(lost)} accepted but not delivered, "
+            f"{len(gone)} not in the new master's history"
         )
         assert refusals, "the failover refused nothing"
         assert max(refusals) < 3.0  # publishes fail fast, never hang
         # Asynchronous replication may lose what the old master acknowledged just
         # before it died; nothing accepted after the kill is lost.
         assert all(accepted[data] <= killed_at for data in lost), lost
+        assert len(gone) <= 3
         assert any(when > killed_at + failover_seconds for when in accepted.values())
         for node in (node_a, node_b):
             assert (await client.get(f"{node.url}/readyz")).status_code == 200

@@ -30,10 +30,17 @@ def import_redis() -> Any:
 def closed_safe(base: type[Any]) -> type[Any]:
     """A subclass of a redis-py connection class for which a lost socket is an error.
 
-    uvloop raises ``RuntimeError`` (not ``OSError``) for a write on a transport the
-    peer closed already: a connection that a proxy in front of a dead master accepts
-    and drops. redis-py lets that through as it is, so a publish answered 500; here it
-    becomes the ``ConnectionError`` it is (retried once, then a 503).
+    Two ways a write on a lost connection escaped redis-py as something else, and so
+    answered a publish with a 500:
+
+    - uvloop raises ``RuntimeError`` (not ``OSError``) for a write on a transport the
+      peer closed already: a connection that a proxy in front of a dead master accepts
+      and drops;
+    - on a cluster, when a master dies, redis-py may close a node's connections while
+      a command is connecting on one of them: its writer is then gone
+      (``AttributeError`` on None).
+
+    Here both become the ``ConnectionError`` they are (retried, then a 503).
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -43,6 +50,10 @@ def closed_safe(base: type[Any]) -> type[Any]:
         except RuntimeError as exc:
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"Error writing to socket: {exc}") from exc
+        except AttributeError as exc:
+            if getattr(self, "_writer", None) is not None:
+                raise  # not a closed connection: a real bug
+            raise RedisConnectionError("Connection closed while writing to it") from exc
 
     return type(base.__name__, (base,), {"send_packed_command": send_packed_command})
 
