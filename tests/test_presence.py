@@ -82,6 +82,13 @@ async def test_the_presence_stream_needs_publisher_credentials_and_resumes_after
         anonymous = await client.get(f"{server.url}/sse/events/presence")
         assert anonymous.status_code in (401, 403)
         assert "detail" in anonymous.json()
+        head = await client.head(
+            f"{server.url}/sse/events/presence", headers={"X-API-Key": API_KEY}
+        )
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
+        assert (await client.get(f"{server.url}/healthz")).json()["streams"] == 0  # none held
+        assert (await client.head(f"{server.url}/sse/events/presence")).status_code in (401, 403)
         bad = await client.get(
             f"{server.url}/sse/events/presence",
             headers={"X-API-Key": API_KEY, "Last-Event-ID": "not an id"},

@@ -29,8 +29,10 @@ A `keepalive` event comes every few seconds. Needs publisher credentials.
 def add_presence_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
     """Add ``GET /sse/events/presence`` (publisher credentials)."""
 
-    @router.get(
+    # HEAD answers the stream's headers after the same checks, and holds no stream.
+    @router.api_route(
         PRESENCE_PATH,
+        methods=["GET", "HEAD"],
         summary="Stream the presence events",
         description=DESCRIPTION,
         response_class=Response,
