@@ -99,7 +99,7 @@ async def test_a_stream_answered_with_an_unknown_4xx_raises_at_once() -> None:
     async with serving(app) as url, HubClient(url + "/odd") as client:
         stream = client.events("ann", backoff=0.01)
         with pytest.raises(SsehubError, match="405") as raised:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):
                 await anext(stream)
     assert raised.value.status == 405
     assert stream.reconnects == 0
