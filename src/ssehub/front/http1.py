@@ -19,18 +19,20 @@ each a case of the conformance suite (``tests/test_conformance.py``):
   which never completes, a client's leaving went unseen until a write failed. Here the
   socket is still read: the bytes are kept (up to `MAX_HEAD`) to be parsed once the
   response is complete, and the client leaving ends the running response at once.
-- **Garbage behind a complete request waits its turn.** uvicorn answered it with a 400
-  at once, in the middle of the response still being written; here the connection ends
-  after that response instead.
+- **A bad request behind a complete one waits its turn.** uvicorn answered it with a
+  400 at once, in the middle of the response still being written; here its 400 follows
+  the answers before it (never comes, behind a stream), and more than `MAX_PIPELINED`
+  requests waiting is such a bad request.
 - **A head may not grow without bound.** uvicorn with httptools sets no limit; a head
   over `MAX_HEAD` bytes gets a 414 (still in the request line) or 431, and so does one
-  of more than `MAX_HEADERS` fields.
+  of more than `MAX_HEADERS` fields; an HTTP/0.9 or HTTP/2.0 request line (which
+  httptools parses) a 505.
 
 It relies on uvicorn's ``HttpToolsProtocol`` internals (its parser callbacks,
 ``send_400_response``, ``on_response_complete``, and its ``cycle``, ``pipeline``,
 ``flow`` and ``headers`` attributes) and on ``RequestResponseCycle``'s ``send`` and
 its ``chunked_encoding`` and ``expected_content_length``: ``pyproject.toml`` bounds
-uvicorn's version and the conformance suite and ``tests/test_http1.py`` exercise each.
+uvicorn's version, and the conformance suite and ``tests/test_doors.py`` exercise each.
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from ssehub.front.checks import bad_framing
 
 MAX_HEAD = 64 * 1024
-"""Bytes of a request head still unfinished, or of requests pipelined, held at most."""
-
+"""Bytes of a request head at most; and of what is read while requests wait in turn."""
 
 MAX_HEADERS = 1000
 """Header fields of a request at most (uvicorn and httptools set no limit)."""
