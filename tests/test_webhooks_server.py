@@ -145,3 +145,21 @@ async def test_two_redis_nodes_send_each_event_of_a_user_on_both_exactly_once(
     assert len(received) == len(bodies) == 2
     assert sorted(body["type"] for body in bodies.values()) == ["user.offline", "user.online"]
     assert all(request["valid"] for request in received)
+
+
+async def test_a_sqlite_hub_stopped_with_a_user_online_sends_user_offline_after_a_restart(
+    start_server: ServerFactory, receiver: ReceiverFactory, tmp_path: Path
+) -> None:
+    hook = receiver()
+    server = start_server(*sending_to(hook), store=f"sqlite:///{tmp_path}/hub.db")
+    async with Stream(server.url, "alice") as tab:
+        await greeted(tab)
+        (online,) = await hook.wait_for(1)
+        await metric_reaches(server, "ssehub_webhook_deliveries_total{result=delivered}", 1)
+        server.stop()  # SIGTERM: alice goes offline as the hub stops, sent by no one yet
+    assert len(hook.received()) == 1
+    server.start()
+    offline = (await hook.wait_for(2))[1]
+    assert json.loads(offline["body"])["type"] == "user.offline"
+    assert json.loads(online["body"])["type"] == "user.online"
+    assert offline["id"] != online["id"]

@@ -9,7 +9,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import orjson
@@ -81,16 +81,36 @@ class PresenceListeners:
 
     def __init__(self) -> None:
         self._listeners: list[PresenceListener] = []
+        self._flushes: list[Callable[[], Awaitable[None]]] = []
 
-    def subscribe(self, listener: PresenceListener) -> Callable[[], None]:
-        """Call ``listener`` with every event this node emits; return an unsubscribe."""
+    def subscribe(
+        self, listener: PresenceListener, *, flush: Callable[[], Awaitable[None]] | None = None
+    ) -> Callable[[], None]:
+        """Call ``listener`` with every event this node emits; return an unsubscribe.
+
+        ``flush``, if given, is awaited once the node stops, after its last events and
+        while the store is still open: a listener that keeps events (the webhook
+        outbox) writes the last ones then.
+        """
         self._listeners.append(listener)
+        if flush is not None:
+            self._flushes.append(flush)
 
         def unsubscribe() -> None:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+            if flush in self._flushes:
+                self._flushes.remove(flush)
 
         return unsubscribe
+
+    async def flush_listeners(self) -> None:
+        """Await every listener's ``flush`` (the node stops); a failing one is logged."""
+        for flush in list(self._flushes):
+            try:
+                await flush()
+            except Exception:  # one listener's bug must not cost the others their flush
+                logger.exception("presence listener flush %r failed", flush)
 
     def emit(self, event: PresenceEvent) -> None:
         """Hand ``event`` to every listener, in subscription order."""

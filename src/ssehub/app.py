@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     webhooks = create_sender(settings, store)
     if webhooks is not None:
-        hub.presence.subscribe(webhooks)
+        hub.presence.subscribe(webhooks, flush=webhooks.flush)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -205,6 +205,7 @@ class Presence(PresenceListeners):
                 self._emit_all(await self.ledger.finish())
         except with_errors as exc:
             logger.warning("presence: could not record the last transitions: %s", exc)
+        await self.flush_listeners()
 
     async def _apply_ops(self) -> None:
         ledger = self.ledger

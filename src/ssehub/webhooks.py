@@ -149,7 +149,6 @@ class WebhookSender:
         self._inflight: dict[str, Delivery] = {}
         self._retries_due: list[float] = []  # a heap: when this node's retries are due
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
         self._putter: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------
@@ -165,7 +164,6 @@ class WebhookSender:
 
     async def start(self) -> None:
         """Start putting and sending."""
-        self._closed = False
         self._putter = self._spawn(self._put_forever(), "ssehub-webhook-put")
         self._spawn(self._send_forever(), "ssehub-webhook-send")
 
@@ -175,18 +173,11 @@ class WebhookSender:
         An attempt cut short is due again at once, for whichever node (or restart)
         claims it next.
         """
-        self._closed = True
-        if self._putter is not None:  # one putter at a time: the flush below takes over
+        if self._putter is not None:  # the flush below puts what is left
             self._putter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._putter
-        with contextlib.suppress(TimeoutError, StoreUnavailable):
-            async with asyncio.timeout(flush_timeout):
-                await self._put_queued()
-        if self._queued:
-            logger.warning("%d webhook events were not kept before shutdown", len(self._queued))
-            self.stats.dropped += len(self._queued)
-            self._queued.clear()
+        await self.flush(flush_timeout)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -214,10 +205,13 @@ class WebhookSender:
     # -- events in ------------------------------------------------------------------
 
     def __call__(self, event: PresenceEvent) -> None:
-        """Queue an event to be kept in the outbox and sent; never blocks."""
-        if self._closed or len(self._queued) >= MAX_QUEUED:
-            logger.warning("webhook event %s dropped: the sender is closed or too far behind",
-                           event.id)  # fmt: skip
+        """Queue an event to be kept in the outbox and sent; never blocks.
+
+        After `close`, the event is kept by the next `flush` (for a restart, or another
+        node, to send).
+        """
+        if len(self._queued) >= MAX_QUEUED:
+            logger.warning("webhook event %s dropped: the sender is too far behind", event.id)
             self.stats.dropped += 1
             return
         body = orjson.dumps(event.body())
@@ -239,10 +233,28 @@ class WebhookSender:
                 pause = min(pause * 2, self._max_interval)
 
     async def _put_queued(self) -> None:
+        # Taken before the put, so a flush beside the putter never puts one twice.
         while self._queued:
-            await self.outbox.put(self._queued[0])
-            self._queued.popleft()
+            delivery = self._queued.popleft()
+            try:
+                await self.outbox.put(delivery)
+            except BaseException:
+                self._queued.appendleft(delivery)
+                raise
             self._wakeup.set()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Put every queued event in the outbox, for up to ``timeout`` s; drop the rest.
+
+        The hub's presence awaits this as it stops, after its last events.
+        """
+        with contextlib.suppress(TimeoutError, StoreUnavailable):
+            async with asyncio.timeout(timeout):
+                await self._put_queued()
+        if self._queued:
+            logger.warning("%d webhook events were not kept before shutdown", len(self._queued))
+            self.stats.dropped += len(self._queued)
+            self._queued.clear()
 
     # -- sending ----------------------------------------------------------------------
 
