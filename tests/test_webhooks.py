@@ -20,11 +20,9 @@ import pytest
 from ssehub.presence import USER_ONLINE, PresenceEvent
 from ssehub.stores import Store
 from ssehub.stores.outbox import outbox_of
-from ssehub.stores.redis import RedisStore
 from ssehub.stores.sqlite import SqliteStore
 from ssehub.webhooks import WebhookSender, retry_delay, sign
 from tests.conftest import REPO, free_port
-from tests.redis_server import redis_url
 from tests.stores.conftest import STORE_KINDS, StoreFactory
 from tests.webhook_receiver import Receiver, ReceiverFactory, receivers, signature_is_valid
 
@@ -257,30 +255,3 @@ async def test_the_readme_receiver_takes_signed_events_once_and_refuses_forgerie
         proc.wait(10)
     assert (tmp_path / "out").read_text().splitlines() == ["user.online alice"]
     assert "Traceback" not in (tmp_path / "err").read_text()
-
-
-@pytest.mark.redis
-async def test_two_nodes_on_redis_send_each_event_exactly_once(
-    tmp_path: Path, receiver: ReceiverFactory
-) -> None:
-    hook = receiver()
-    factory = StoreFactory("redis", tmp_path)
-    first = await factory()
-    second = RedisStore.from_url(f"{redis_url()}?prefix={factory.prefixes[0]}")
-    await second.start()
-    try:
-        senders = [
-            WebhookSender(outbox_of(store), url=hook.url, secret=SECRET, poll_interval=0.05)
-            for store in (first, second)
-        ]
-        async with senders[0].running(), senders[1].running():
-            for number in range(40):
-                senders[number % 2](online(f"evt-{number}"))  # each event on one node
-            await hook.wait_for(40)
-            await wait_until(lambda: sum(s.stats.delivered for s in senders) == 40)
-            await anyio.sleep(0.5)  # time for a second send, were there one
-    finally:
-        await second.close()
-        await factory.close()
-    ids = [r["id"] for r in hook.received()]
-    assert sorted(ids) == sorted(f"evt-{number}" for number in range(40))
