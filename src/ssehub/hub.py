@@ -27,6 +27,7 @@ from ssehub._replay import replay
 from ssehub._signals import chain_shutdown_signals
 from ssehub._stats import HubStats
 from ssehub._store_presence import StorePresence
+from ssehub._tasks import TaskOwner
 from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
@@ -94,7 +95,7 @@ class Hub:
             heartbeat=self.presence.heartbeat,
         )
         self._announced: set[str] = set()  # users whose streams here presence knows of
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restore_signals: Callable[[], None] = lambda: None
@@ -131,11 +132,7 @@ class Hub:
         self._store_presence.closing = True
         await self._store_presence.flush()
         await self.presence.finish()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.cancel_all()
         await self.store.close()
 
     def request_shutdown(self) -> None:
@@ -151,14 +148,7 @@ class Hub:
         self._feed.registry.close_all(final)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        self._tasks.spawn(coro, name)
 
     # -- Messenger ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import httpx
 import orjson
 
 from ssehub._latency import LatencyHistogram
+from ssehub._tasks import TaskOwner
 from ssehub.exceptions import StoreUnavailable
 from ssehub.presence import PresenceEvent
 from ssehub.settings import Settings
@@ -148,7 +149,7 @@ class WebhookSender:
         self._wakeup = asyncio.Event()
         self._inflight: dict[str, Delivery] = {}
         self._retries_due: list[float] = []  # a heap: when this node's retries are due
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner()
         self._putter: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------
@@ -178,11 +179,7 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._putter
         await self.flush(flush_timeout)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.cancel_all()
         for delivery in list(self._inflight.values()):
             with contextlib.suppress(StoreUnavailable, TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -192,15 +189,7 @@ class WebhookSender:
             await self._client.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        return self._tasks.spawn(coro, name)
 
     # -- events in ------------------------------------------------------------------
 
