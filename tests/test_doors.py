@@ -23,6 +23,7 @@ from uvicorn.server import ServerState
 from ssehub import MemoryStore, events
 from ssehub.auth import Authenticator
 from ssehub.fast import CloseDelimitedStream, FastStreams, StreamProtocol, chunk
+from ssehub.fast.head import CorsHeaders
 from ssehub.front.http1 import HttpProtocol
 from ssehub.front.portable import AsgiSink, serve_stream
 from ssehub.front.watch import ClientWatch, TaskWatch, steppable, watch_client
@@ -508,3 +509,13 @@ async def test_the_corrected_protocol_costs_a_connection_no_more_than_uvicorns()
             await next_step()
     assert set(vars(protocol)) - set(vars(plain)) <= {"_split_head"}
     assert sys.getsizeof(vars(protocol)) == sys.getsizeof(vars(plain))
+
+
+def test_cors_headers_are_added_only_to_a_request_that_names_its_origin() -> None:
+    cors = CorsHeaders({"allow_origins": ["https://app.example"]})
+    assert cors({}) == b""
+    assert cors({"cookie": "session=1"}) == b""
+    assert b"access-control-allow-origin: https://app.example" in cors(
+        {"origin": "https://app.example"}
+    )
+    assert b"access-control-allow-origin" not in cors({"origin": "https://evil.example"})

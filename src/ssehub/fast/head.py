@@ -45,7 +45,12 @@ class CorsHeaders:
         self._kept: dict[tuple[str | None, bool], bytes] = {}
 
     def __call__(self, headers: Mapping[str, str]) -> bytes:
-        key = (headers.get("origin"), "cookie" in headers)
+        origin = headers.get("origin")
+        if origin is None:
+            # CORSMiddleware passes a request without Origin through untouched (and
+            # older Starlette's send hook would fail on it).
+            return b""
+        key = (origin, "cookie" in headers)
         found = self._kept.get(key)
         if found is None:
             found = self._compute(headers)
