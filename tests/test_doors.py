@@ -513,8 +513,8 @@ async def test_the_corrected_protocol_costs_a_connection_no_more_than_uvicorns()
 
 def test_cors_headers_are_added_only_to_a_request_that_names_its_origin() -> None:
     cors = CorsHeaders({"allow_origins": ["https://app.example"]})
-    assert cors({}) == b""
-    assert cors({"cookie": "session=1"}) == b""
+    assert b"access-control-allow-origin" not in cors({})
+    assert b"access-control-allow-origin" not in cors({"cookie": "session=1"})
     assert b"access-control-allow-origin: https://app.example" in cors(
         {"origin": "https://app.example"}
     )
