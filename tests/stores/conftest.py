@@ -96,7 +96,8 @@ class StoreFactory:
 
     async def close(self) -> None:
         for store in reversed(self.stores):
-            await store.close()
+            async with asyncio.timeout(30):  # a store that cannot close fails, never hangs
+                await store.close()
         for prefix in self.prefixes:
             if self.kind == "cluster":
                 forget_cluster_prefix(cluster_url(), prefix)
