@@ -8,6 +8,7 @@ a master is killed under load (its replica takes over).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 
@@ -22,7 +23,14 @@ from tests.redis_cluster import Cluster, Node
 from tests.sse import Stream
 from tests.test_multinode import eventually, greeted
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+# Slot moves and master failovers under load are drills: they pass on a quiet machine
+# but are not yet reliable enough to gate every run (see the README, "Scale out").
+DRILLS = os.environ.get("SSEHUB_TEST_DRILLS") == "1"
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.redis,
+    pytest.mark.skipif(not DRILLS, reason="cluster drills run with SSEHUB_TEST_DRILLS=1"),
+]
 
 
 @pytest.fixture(scope="module")
