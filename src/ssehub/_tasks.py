@@ -11,6 +11,15 @@ from typing import Any
 logger = logging.getLogger("ssehub.tasks")
 
 
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class TaskOwner:
     """Holds the background tasks of one component until it closes.
 
@@ -41,5 +50,4 @@ class TaskOwner:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

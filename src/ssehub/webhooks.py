@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from ssehub._latency import LatencyHistogram
-from ssehub._tasks import TaskOwner
+from ssehub._tasks import TaskOwner, cancel_and_wait
 from ssehub.exceptions import StoreUnavailable
 from ssehub.presence import PresenceEvent
 from ssehub.settings import Settings
@@ -174,10 +174,7 @@ class WebhookSender:
         An attempt cut short is due again at once, for whichever node (or restart)
         claims it next.
         """
-        if self._putter is not None:  # the flush below puts what is left
-            self._putter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._putter
+        await cancel_and_wait(self._putter)  # the flush below puts what is left
         await self.flush(flush_timeout)
         await self._tasks.cancel_all()
         for delivery in list(self._inflight.values()):

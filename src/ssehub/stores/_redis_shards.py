@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ssehub._tasks import cancel_and_wait
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores._redis_keys import Keys, slot
 from ssehub.stores._redis_subscriber import Key, Subscriber
@@ -118,11 +119,8 @@ class ShardedSubscriber:
 
     async def close(self) -> None:
         """Stop following the slot map, and every subscriber."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._drop_probe()
         for shard in self._all_shards():
             await shard.close()

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from ssehub._tasks import cancel_and_wait
 from ssehub.events import StoredEvent
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores._redis_keys import Keys
@@ -136,11 +137,8 @@ class Subscriber:
 
     async def close(self) -> None:
         """Stop the reader task and drop the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def is_up(self) -> bool:
         """Whether the subscription is connected and caught up."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
 
+from ssehub._tasks import cancel_and_wait
 from ssehub.events import StoredEvent, event_key
 from ssehub.stores._local import LocalFanout
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
@@ -82,11 +82,8 @@ class MemoryStore(LocalFanout):
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="ssehub-memory-sweep")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
 
     async def ping(self) -> None:
         return None

@@ -10,7 +10,6 @@ writer writes. The event loop never waits for the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ssehub._tasks import cancel_and_wait
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._local import LocalFanout
@@ -146,11 +146,8 @@ class SqliteStore(LocalFanout):
 
     async def close(self) -> None:
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
         await self._writer.stop()  # what was submitted is still written and resolved
         await self._readers.stop()
         self._release_lock()
