@@ -7,12 +7,14 @@ from httpx_sse._decoders import SSEDecoder
 
 from ssehub.events import (
     KEEPALIVE_FRAME,
+    RETRY_SPREAD,
     encode_payload,
     event_key,
     frame,
     greeting_frame,
     is_event_id,
     retry_frame,
+    spread_retry_frames,
 )
 from ssehub.exceptions import InvalidInput
 
@@ -114,3 +116,13 @@ def test_event_ids_have_a_strict_shape(value: str, valid: bool) -> None:
 def test_event_ids_order_numerically() -> None:
     assert event_key("9-5") < event_key("10-0") < event_key("10-1")
     assert event_key("12") == (12, 0)
+
+
+def test_shutdown_retry_hints_are_spread_evenly_from_half_to_one_and_a_half_times() -> None:
+    frames = spread_retry_frames(2000)
+    assert len(frames) == RETRY_SPREAD
+    assert frames[0] == b"retry: 1000\n\n"
+    assert frames[-1] == b"retry: 3000\n\n"
+    hints = [int(frame[7:-2]) for frame in frames]
+    assert hints == sorted(hints)
+    assert len(set(hints)) == RETRY_SPREAD

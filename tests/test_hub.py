@@ -91,13 +91,19 @@ async def test_streams_per_user_are_limited() -> None:
         assert hub.open_streams == 3
 
 
-async def test_closing_the_hub_ends_every_stream_with_a_retry_hint() -> None:
-    hub = Hub(MemoryStore(), retry_ms=1234)
-    sinks = [RecordingSink() for _ in range(3)]
+async def test_closing_the_hub_ends_every_stream_with_a_retry_hint_spread_around_retry_ms() -> None:
+    hub = Hub(MemoryStore(), retry_ms=2000)
+    sinks = [RecordingSink() for _ in range(64)]
     async with hub.running():
         for index, sink in enumerate(sinks):
-            await hub.open(f"c{index}", sink)
-    assert all(s.closed and s.final == b"retry: 1234\n\n" for s in sinks)
+            await hub.open(f"c{index % 40}", sink)
+    assert all(s.closed and s.final is not None for s in sinks)
+    hints = [int(s.final.removeprefix(b"retry: ").removesuffix(b"\n\n")) for s in sinks if s.final]
+    # Clients come back spread over a window as wide as the hint, not all at once.
+    assert min(hints) == 1000
+    assert max(hints) == 3000
+    assert len(set(hints)) == 16
+    assert abs(sum(hints) / len(hints) - 2000) < 1
 
 
 async def test_one_timer_sends_keepalives_and_ends_expired_streams() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 
 from ssehub import events
 from ssehub.connection import Connection
@@ -71,11 +72,12 @@ class Registry:
         for connection in list(self.streams.get(key, ())):
             connection.close(final)
 
-    def close_all(self, final: bytes | None = None) -> None:
-        """Close every stream."""
+    def close_all(self, finals: Sequence[bytes | None] = (None,)) -> None:
+        """Close every stream, each with the next of ``finals`` in turn."""
+        turn = itertools.cycle(finals)
         for streams in list(self.streams.values()):
             for connection in list(streams):
-                connection.close(final)
+                connection.close(next(turn))
 
     def tick(self, now: float, drop_slow: Callable[[Connection], None]) -> None:
         """Keep-alive every stream; close those whose credentials expired by ``now``."""

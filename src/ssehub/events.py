@@ -138,6 +138,20 @@ def retry_frame(milliseconds: int) -> bytes:
     return b"retry: " + str(int(milliseconds)).encode() + b"\n\n"
 
 
+RETRY_SPREAD: Final = 16  # distinct reconnection times handed out on a shutdown
+
+
+def spread_retry_frames(milliseconds: int) -> list[bytes]:
+    """Retry frames from half to one and a half times ``milliseconds``, evenly spaced.
+
+    A hub that stops gives each stream one of them, so its clients come back spread
+    over a window as wide as the hint instead of all at once (the new process is not
+    flooded); on average they still wait ``milliseconds``.
+    """
+    steps = RETRY_SPREAD - 1
+    return [retry_frame(round(milliseconds * (0.5 + i / steps))) for i in range(RETRY_SPREAD)]
+
+
 KEEPALIVE_FRAME: Final = text_frame(KEEPALIVE_TEXT, event=KEEPALIVE_EVENT)
 
 

@@ -141,11 +141,15 @@ class Hub:
             self._loop.call_soon_threadsafe(self.shutdown_streams)
 
     def shutdown_streams(self) -> None:
-        """Close every open stream now, telling clients to come back after retry_ms."""
+        """Close every open stream now, telling clients to come back after about retry_ms.
+
+        Each stream gets a hint between half and one and a half times ``retry_ms``
+        (`events.spread_retry_frames`), so clients do not all return at the same moment.
+        """
         self._closing = True
-        final = events.retry_frame(self.retry_ms)
-        self._registry.close_all(final)
-        self._feed.registry.close_all(final)
+        finals = events.spread_retry_frames(self.retry_ms)
+        self._registry.close_all(finals)
+        self._feed.registry.close_all(finals)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.spawn(coro, name)

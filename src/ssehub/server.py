@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Literal
+from typing import Final, Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -107,6 +107,13 @@ class HubServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+# Connections the kernel queues before ssehub accepts them; Linux caps it at
+# net.core.somaxconn (4096 by default since 5.4). uvicorn's 2048 made a restart storm
+# (every client of a hub coming back at once) drop SYNs, which clients resend only
+# after a second or more.
+LISTEN_BACKLOG: Final = 65535
+
+
 def uvicorn_config(
     settings: Settings, app: object, *, lifespan: Literal["on", "off"] = "on"
 ) -> uvicorn.Config:
@@ -134,6 +141,7 @@ def uvicorn_config(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        backlog=LISTEN_BACKLOG,
         **extra,  # type: ignore[arg-type]
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import TYPE_CHECKING, ClassVar
 
 from starlette.responses import Response
@@ -251,8 +252,11 @@ class StreamProtocol(HoldUntilHead, asyncio.Protocol):
             self._front.hub.release(self.connection)
 
     def shutdown(self) -> None:
-        """Called by uvicorn on a graceful shutdown: end the stream with a retry hint."""
-        final = events.retry_frame(self._front.hub.retry_ms)
+        """Called by uvicorn on a graceful shutdown: end the stream with a retry hint.
+
+        The hint is spread as `Hub.shutdown_streams` spreads it.
+        """
+        final = random.choice(events.spread_retry_frames(self._front.hub.retry_ms))
         if self.connection is not None:
             self.connection.close(final)
         else:
