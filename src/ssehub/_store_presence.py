@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -13,6 +14,7 @@ from ssehub.stores.base import Store
 logger = logging.getLogger("ssehub.hub")
 
 _RETRY_SECONDS = 1.0
+_BATCH = 1000  # users per store call
 
 
 class StorePresence:
@@ -70,26 +72,33 @@ class StorePresence:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every pending change now."""
-        for user_id in list(self._dirty):
-            waiters = self._dirty.pop(user_id, [])
-            count = self._count(user_id)
-            cursor = self.delivered.get(user_id)
+        """Write every pending change now, in one store call (batches of `_BATCH`).
+
+        Streams that open or close at once (a reconnect storm, a shutdown) cost the
+        store one write per batch rather than one round trip per user.
+        """
+        while self._dirty:
+            users = list(itertools.islice(self._dirty, _BATCH))
+            waiting = [self._dirty.pop(user_id) for user_id in users]
+            changes = [(u, self._count(u), self.delivered.get(u)) for u in users]
             try:
-                await self._store.set_presence(user_id, connections=count, cursor=cursor)
+                await self._store.set_presence_many(changes)
             except StoreUnavailable as exc:
+                for waiters in waiting:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                if not self.closing:
+                    self._spawn(self._retry(users), "ssehub-presence-retry")
+                continue
+            for (user_id, count, _), waiters in zip(changes, waiting, strict=True):
+                if count == 0 and self._count(user_id) == 0:
+                    self.delivered.pop(user_id, None)
                 for waiter in waiters:
                     if not waiter.done():
-                        waiter.set_exception(exc)
-                if not self.closing:
-                    self._spawn(self._retry(user_id), "ssehub-presence-retry")
-                continue
-            if count == 0:
-                self.delivered.pop(user_id, None)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+                        waiter.set_result(None)
 
-    async def _retry(self, user_id: str) -> None:
+    async def _retry(self, user_ids: list[str]) -> None:
         await asyncio.sleep(_RETRY_SECONDS)
-        self.mark(user_id)
+        for user_id in user_ids:
+            self.mark(user_id)

@@ -203,26 +203,28 @@ return {reset, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', limit)}
 """
 )
 
-# KEYS[1]: the user's stream. ARGV: prefix, tag, node, count, now, cursor ('' to keep),
-# ttl_ms. A node's count holds until its deadline (now + ttl), renewed by REFRESH, so
-# the streams of a node killed with -9 stop counting on their own. The cursor only
-# moves forward, whichever node writes last.
+# KEYS[1]: a key in the slot of every user of the call. ARGV: prefix, node, now,
+# ttl_ms, then tag, count, cursor ('' to keep) triples. A node's count holds until its
+# deadline (now + ttl), renewed by REFRESH, so the streams of a node killed with -9 stop
+# counting on their own. The cursor only moves forward, whichever node writes last.
 SET_PRESENCE: Final = (
     _HELPERS
     + """
-local p, t, node, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if count > 0 then
-  local deadline = string.format('%.0f', now_ms() + tonumber(ARGV[7]))
-  redis.call('HSET', k(p, 'p', t), node, count .. ' ' .. deadline)
-else
-  redis.call('HDEL', k(p, 'p', t), node)
-end
-local u = k(p, 'u', t)
-redis.call('HSET', u, 'seen', ARGV[5])
-local cursor = ARGV[6]
-if cursor ~= '' then
-  local current = redis.call('HGET', u, 'cursor')
-  if not current or idlt(current, cursor) then redis.call('HSET', u, 'cursor', cursor) end
+local p, node, seen = ARGV[1], ARGV[2], ARGV[3]
+local deadline = string.format('%.0f', now_ms() + tonumber(ARGV[4]))
+for i = 5, #ARGV, 3 do
+  local t, count, cursor = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if count > 0 then
+    redis.call('HSET', k(p, 'p', t), node, count .. ' ' .. deadline)
+  else
+    redis.call('HDEL', k(p, 'p', t), node)
+  end
+  local u = k(p, 'u', t)
+  redis.call('HSET', u, 'seen', seen)
+  if cursor ~= '' then
+    local current = redis.call('HGET', u, 'cursor')
+    if not current or idlt(current, cursor) then redis.call('HSET', u, 'cursor', cursor) end
+  end
 end
 return 1
 """

@@ -15,6 +15,9 @@ from typing import Protocol
 
 from ssehub.events import StoredEvent
 
+PresenceChange = tuple[str, int, str | None]
+"""A user's presence on this node: ``(user_id, connections, cursor or None)``."""
+
 
 class UserState(enum.StrEnum):
     """Where a user stands: the sample's Connected/Disconnected, plus never seen."""
@@ -177,6 +180,11 @@ class Store(abc.ABC):
         Marks the user known. ``connections`` is this node's count only; the store
         sums over nodes.
         """
+
+    async def set_presence_many(self, changes: Sequence[PresenceChange]) -> None:
+        """`set_presence` for several users, in order; a store may write them at once."""
+        for user_id, connections, cursor in changes:
+            await self.set_presence(user_id, connections=connections, cursor=cursor)
 
     @abc.abstractmethod
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:

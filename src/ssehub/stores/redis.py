@@ -29,6 +29,7 @@ from ssehub.stores._redis_keys import Keys, by_slot, tag
 from ssehub.stores._redis_outbox import RedisOutbox
 from ssehub.stores._redis_subscriber import BROADCAST_KEEP, Subscriber, format_id
 from ssehub.stores.base import (
+    PresenceChange,
     ReadResult,
     Retention,
     Store,
@@ -358,18 +359,37 @@ class RedisStore(Store):
     async def set_presence(
         self, user_id: str, *, connections: int, cursor: str | None = None
     ) -> None:
-        if connections > 0:
-            self._local_counts[user_id] = connections
-        else:
-            self._local_counts.pop(user_id, None)
-        args: list[str | int] = [
-            self._p, tag(user_id), self._node, connections, repr(time.time()),
-            cursor or "", self._ttl_ms(),
-        ]  # fmt: skip
-        write = self._scripts["SET_PRESENCE"](keys=[self._keys.stream(user_id)], args=args)
+        await self.set_presence_many([(user_id, connections, cursor)])
+
+    async def set_presence_many(self, changes: Sequence[PresenceChange]) -> None:
+        # One script call per chunk of users (per hash slot on a cluster) and one ZADD
+        # per page of users, sent together: a burst of streams opening costs one round
+        # trip, not two commands a user.
+        if not changes:
+            return
+        for user_id, connections, _ in changes:
+            if connections > 0:
+                self._local_counts[user_id] = connections
+            else:
+                self._local_counts.pop(user_id, None)
+        user_ids = [user_id for user_id, _, _ in changes]
+        head: list[str | int] = [self._p, self._node, repr(time.time()), self._ttl_ms()]
+        calls: list[Call] = []
+        for chunk in self._chunks(user_ids):
+            args = [*head]
+            for index in chunk:
+                user_id, connections, cursor = changes[index]
+                args += (tag(user_id), connections, cursor or "")
+            calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
         # One writer at a time, so a refresh never lands after a newer count.
         async with self._presence_lock, self._errors_as_unavailable():
-            await asyncio.gather(write, self._client.zadd(self._keys.users, {user_id: 0}))
+            await asyncio.gather(self._scripted("SET_PRESENCE", calls), self._mark_known(user_ids))
+
+    async def _mark_known(self, user_ids: Sequence[str]) -> None:
+        """Add users to the sorted set of known users, a page per command."""
+        for start in range(0, len(user_ids), _USERS_PAGE):
+            known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
+            await self._client.zadd(self._keys.users, known)
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         now = time.monotonic()
@@ -389,9 +409,7 @@ class RedisStore(Store):
                 calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
             async with self._errors_as_unavailable():
                 await self._scripted("REFRESH", calls)
-                for start in range(0, len(user_ids), _USERS_PAGE):
-                    known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
-                    await self._client.zadd(self._keys.users, known)
+                await self._mark_known(user_ids)
 
     async def _user_rows(self, user_ids: Sequence[str]) -> list[list[Any]]:
         head: list[str | int] = [
