@@ -95,6 +95,7 @@ class Hub:
             heartbeat=self.presence.heartbeat,
         )
         self._announced: set[str] = set()  # users whose streams here presence knows of
+        self._watching: dict[str, asyncio.Future[None]] = {}  # users being subscribed to
         self._tasks = TaskOwner()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,8 +314,7 @@ class Hub:
             self.stats.refused += 1
             raise
         try:
-            if first:
-                await self.store.watch(user_id)
+            await (self._watch(user_id) if first else self._watched(user_id))
             after = last_event_id
             if after is None:
                 after = await self._start_after(user_id, first)
@@ -335,6 +335,29 @@ class Hub:
         self.stats.connects += 1
         logger.info("stream opened for user %r (%d open)", user_id, len(self._streams[user_id]))
         return connection
+
+    async def _watch(self, user_id: str) -> None:
+        # Later streams of the user wait for the subscription too (`_watched`): what
+        # they read of the history must come after it, or what is published between
+        # their read and the subscription would reach none of them.
+        done = asyncio.get_running_loop().create_future()
+        self._watching[user_id] = done
+        try:
+            await self.store.watch(user_id)
+        except BaseException:
+            done.set_exception(StoreUnavailable("the store could not watch the user"))
+            done.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            if self._watching.get(user_id) is done:
+                del self._watching[user_id]
+
+    async def _watched(self, user_id: str) -> None:
+        pending = self._watching.get(user_id)
+        if pending is not None:
+            await asyncio.shield(pending)
 
     async def _start_after(self, user_id: str, first: bool) -> str | None:
         # Another stream of the user here got everything up to the newest delivered

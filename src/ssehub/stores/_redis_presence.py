@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from ssehub.stores import _redis_scripts as scripts
 from ssehub.stores._presence import (
@@ -162,17 +162,6 @@ return out
 """
 )
 
-# ARGV: prefix, node, user, '', '', '', log tag. Whether a live node other than this
-# one has a stream of the user (then a new stream starts after the user's newest event,
-# else after the cursor: read by the caller, as the user's keys are in another slot).
-START: Final = (
-    _COMMON
-    + """
-if open_elsewhere(ARGV[3], node) then return 1 end
-return 0
-"""
-)
-
 # ARGV: prefix, keep_ms, log tag, then (user, id) pairs. The newest delivered id only
 # moves on.
 DELIVERED: Final = (
@@ -215,7 +204,6 @@ class RedisLedger(PresenceLedger):
                 ("OPENED", OPENED),
                 ("CLOSED", CLOSED),
                 ("DUE", DUE),
-                ("START", START),
                 ("DELIVERED", DELIVERED),
             )
         }
@@ -270,15 +258,8 @@ class RedisLedger(PresenceLedger):
         return []
 
     async def start_after(self, user_id: str) -> str | None:
-        redis = self._redis
-        async with redis._errors_as_unavailable():
-            args = [redis._p, redis._node, user_id, "", "", "", _LOG]
-            if await self._scripts["START"](keys=[self._log], args=args):
-                newest: Any = await redis._client.xrevrange(redis._keys.stream(user_id), count=1)
-                if newest:
-                    return str(newest[0][0].decode())
-            found: Any = await redis._client.hget(redis._keys.user("u", user_id), "cursor")
-        return found.decode() if found is not None else None
+        # Decided in the user's own slot, from the nodes' counts (`RedisStore`).
+        return await self._redis.start_after(user_id)
 
     async def record_delivered(self, cursors: Mapping[str, str], keep: float) -> None:
         pairs = list(cursors.items())

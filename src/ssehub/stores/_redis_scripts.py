@@ -55,6 +55,28 @@ local function trim(p, t, maxlen, max_age_ms, ttl)
     redis.call('SET', k(p, 'd', t), newest, 'PX', ttl)
   end
 end
+-- Up to `limit` events after `after` ('' for the oldest kept), trimmed first to what
+-- retention keeps; reset 1 when events after `after` were dropped, or `after` is
+-- beyond the newest id given out (then from the oldest kept event).
+local function read_page(p, t, after, limit, maxlen, max_age_ms, ttl)
+  local stream = k(p, 's', t)
+  if redis.call('EXISTS', stream) == 0 then
+    if after == '' then return 0, {} end
+    return 1, {}
+  end
+  trim(p, t, maxlen, max_age_ms, ttl)
+  if after == '' then return 0, redis.call('XRANGE', stream, '-', '+', 'COUNT', limit) end
+  local dropped = redis.call('GET', k(p, 'd', t))
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local last = dropped
+  if #newest > 0 then last = newest[1][1] end
+  if not last or idlt(last, after) then
+    return 1, redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)
+  end
+  local reset = 0
+  if dropped and idlt(after, dropped) then reset = 1 end
+  return reset, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', limit)
+end
 -- Whether this is the first copy of a broadcast for a user (on several nodes, each
 -- node appends a broadcast for the user: only the first does).
 local function first_copy(p, broadcast, t)
@@ -182,24 +204,40 @@ return id
 READ: Final = (
     _HELPERS
     + """
-local p, t, after, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local stream = k(p, 's', t)
-if redis.call('EXISTS', stream) == 0 then
-  if after == '' then return {0, {}} end
-  return {1, {}}
+local reset, rows = read_page(
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+return {reset, rows}
+"""
+)
+
+# KEYS[1]: the user's stream. ARGV: prefix, tag, node, limit, maxlen, max_age_ms,
+# ttl_ms. Where a stream of the user starts when this node has none of its streams:
+# after the user's newest event if a stream is open on another node (its count there
+# has not missed its deadline), else after the user's cursor. Returns {start (false
+# for none), reset, rows}: with a limit above 0, the first page after the start, as
+# READ gives it (so opening a stream costs one round trip, not three).
+OPEN: Final = (
+    _HELPERS
+    + """
+local p, t, node, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local counts = redis.call('HGETALL', k(p, 'p', t))
+local now = now_ms()
+local start = false
+for i = 1, #counts, 2 do
+  if counts[i] ~= node then
+    local count, deadline = string.match(counts[i + 1], '^(%d+) (%d+)$')
+    if deadline and tonumber(deadline) > now and tonumber(count) > 0 then
+      local newest = redis.call('XREVRANGE', k(p, 's', t), '+', '-', 'COUNT', 1)
+      if #newest > 0 then start = newest[1][1] end
+      break
+    end
+  end
 end
-trim(p, t, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
-if after == '' then return {0, redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)} end
-local dropped = redis.call('GET', k(p, 'd', t))
-local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-local last = dropped
-if #newest > 0 then last = newest[1][1] end
-if not last or idlt(last, after) then
-  return {1, redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)}
-end
-local reset = 0
-if dropped and idlt(after, dropped) then reset = 1 end
-return {reset, redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', limit)}
+if not start then start = redis.call('HGET', k(p, 'u', t), 'cursor') end
+if limit == 0 then return {start, 0, {}} end
+local reset, rows = read_page(
+  p, t, start or '', limit, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+return {start, reset, rows}
 """
 )
 

@@ -49,6 +49,7 @@ _DEFAULT_TTL: Final = 15.0
 _MIN_TTL: Final = 3.0  # a busy event loop must not make live users flap
 _RETRY_RECORD_MS: Final = 60_000  # how long an append without a client key is remembered
 _USERS_PAGE: Final = 1000
+_PREFETCH: Final = 1000  # events read with a new stream's start (see `start_after`)
 
 
 class RedisStore(Store):
@@ -116,6 +117,7 @@ class RedisStore(Store):
                 "APPEND",
                 "APPEND_ALL",
                 "BROADCAST",
+                "OPEN",
                 "READ",
                 "SET_PRESENCE",
                 "REFRESH",
@@ -123,6 +125,10 @@ class RedisStore(Store):
             )
         }
         self._presence_lock = asyncio.Lock()
+        # Users whose channel this node has subscribed to (`watch` returned), and the
+        # first page of history `start_after` read for a stream of theirs.
+        self._live: set[str] = set()
+        self._prefetch: dict[str, tuple[str | None, ReadResult]] = {}
         self._local_counts: dict[str, int] = {}
         self._subscriber = self._new_subscriber(
             {
@@ -304,6 +310,11 @@ class RedisStore(Store):
             return sum(int(count) for count in await self._scripted("APPEND_ALL", calls))
 
     async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
+        found = self._prefetch.pop(user_id, None) if self._prefetch else None
+        if found is not None and found[0] == after_id:
+            result = found[1]
+            if len(result.events) < _PREFETCH or limit <= len(result.events):
+                return ReadResult(result.events[:limit], result.reset)
         after = ""
         if after_id is not None:
             ms, seq = event_key(after_id)
@@ -315,9 +326,37 @@ class RedisStore(Store):
         ]  # fmt: skip
         async with self._errors_as_unavailable():
             reset, rows = await self._scripts["READ"](keys=[self._keys.stream(user_id)], args=args)
+        return self._page(reset, rows)
+
+    @staticmethod
+    def _page(reset: int, rows: list[Any]) -> ReadResult:
         return ReadResult(
             [StoredEvent(raw.decode(), fields[1]) for raw, fields in rows], bool(reset)
         )
+
+    async def start_after(self, user_id: str) -> str | None:
+        """Where a stream of the user starts when this node has none (`PresenceLedger`).
+
+        After the user's newest event if a stream of the user is open on another node,
+        else after the user's cursor. For a user this node has subscribed to, the same
+        script reads the first page after that start, and the `read_after` that follows
+        is answered from it: one round trip to open a stream, not three. Live events
+        published after the subscription reach the stream's backlog, so a page read
+        after it misses nothing.
+        """
+        prefetch = user_id in self._live
+        args: list[str | int] = [
+            self._p, tag(user_id), self._node, _PREFETCH if prefetch else 0,
+            self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
+        ]  # fmt: skip
+        async with self._errors_as_unavailable():
+            raw, reset, rows = await self._scripts["OPEN"](
+                keys=[self._keys.stream(user_id)], args=args
+            )
+        start = raw.decode() if raw is not None else None
+        if prefetch and user_id in self._live:
+            self._prefetch[user_id] = (start, self._page(reset, rows))
+        return start
 
     # -- fan-out ------------------------------------------------------------------
 
@@ -344,8 +383,11 @@ class RedisStore(Store):
 
     async def watch(self, user_id: str) -> None:
         await self._subscriber.watch(user_id)
+        self._live.add(user_id)
 
     async def unwatch(self, user_id: str) -> None:
+        self._live.discard(user_id)
+        self._prefetch.pop(user_id, None)
         await self._subscriber.unwatch(user_id)
 
     # -- presence -----------------------------------------------------------------
