@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ssehub._tasks import cancel_and_wait
 from ssehub.events import StoredEvent
 from ssehub.exceptions import StoreUnavailable
+from ssehub.stores._redis_batch import StepBatch
 from ssehub.stores._redis_keys import Keys
 from ssehub.stores.base import StoreListener
 
@@ -123,6 +124,11 @@ class Subscriber:
         self._last_broadcast: Key | None = None
         self._pending: dict[bytes, list[asyncio.Future[None]]] = {}
         self._sub_lock = asyncio.Lock()
+        # (Un)subscribes of this loop step, for `_outgoing_conn` (see `_send_soon`).
+        self._outgoing: list[list[Any]] = []
+        self._outgoing_conn: AbstractConnection | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._newest = StepBatch[str, Any](self._read_newest)
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -174,7 +180,7 @@ class Subscriber:
             try:
                 # Where a gap fill would start: taken before subscribing, so nothing
                 # published after it can be missed (what is seen twice, the hub drops).
-                newest: Any = await self._client.xrevrange(self._keys.stream(user_id), count=1)
+                newest: Any = await self._newest(user_id)
             except self._errors as exc:
                 raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
             start = parse_id(newest[0][0]) if newest else None
@@ -188,11 +194,7 @@ class Subscriber:
                 if last != ():
                     self._held[user_id] = []
             self._pending.setdefault(channel, []).append(future)
-            try:
-                await conn.send_command(self._subscribe_cmd, channel, check_health=False)
-            except self._errors as exc:
-                self._abandon(channel, future, user_id)
-                raise StoreUnavailable(f"redis: {exc}") from exc
+            self._send_soon(conn, self._subscribe_cmd, channel)
         try:
             async with asyncio.timeout(self._timeout):
                 await future
@@ -213,6 +215,16 @@ class Subscriber:
                 held = self._held.pop(user_id, [])
             for event_id, payload in held:
                 self._deliver(user_id, event_id, payload)
+
+    async def _read_newest(self, user_ids: list[str]) -> list[Any]:
+        """The newest entry of each user's stream, in one pipeline."""
+        if len(user_ids) == 1:
+            return [await self._client.xrevrange(self._keys.stream(user_ids[0]), count=1)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.xrevrange(self._keys.stream(user_id), count=1)
+            answers: list[Any] = await pipe.execute(raise_on_error=False)
+        return answers
 
     def _abandon(self, channel: bytes, future: asyncio.Future[None], user_id: str) -> None:
         waiting = self._pending.get(channel, [])
@@ -238,8 +250,49 @@ class Subscriber:
         # Best effort: a lost connection drops every subscription anyway, and the
         # next one subscribes only to the users still watched.
         if self._conn is not None:
-            with contextlib.suppress(*self._errors):
-                await self._conn.send_command(self._unsubscribe_cmd, channel, check_health=False)
+            self._send_soon(self._conn, self._unsubscribe_cmd, channel)
+
+    def _send_soon(self, conn: AbstractConnection, command: str, channel: bytes) -> None:
+        """Queue a (un)subscribe; those of one loop step go out in one write, in order.
+
+        Streams opening at once then cost Redis one ``SUBSCRIBE`` of many channels
+        (on one server) rather than one command and one write each.
+        """
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._send_outgoing, conn)
+        elif self._outgoing_conn is not conn:
+            self._outgoing.clear()  # for a connection lost since: it subscribes anew
+            asyncio.get_running_loop().call_soon(self._send_outgoing, conn)
+        self._outgoing_conn = conn
+        if self._outgoing and self._outgoing[-1][0] == command and not self._sharded:
+            self._outgoing[-1].append(channel)  # a sharded one takes one slot per command
+        else:
+            self._outgoing.append([command, channel])
+
+    def _send_outgoing(self, conn: AbstractConnection) -> None:
+        if self._outgoing_conn is not conn or not self._outgoing:
+            return
+        commands, self._outgoing = self._outgoing, []
+        task = asyncio.get_running_loop().create_task(self._send(conn, commands))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, conn: AbstractConnection, commands: list[list[Any]]) -> None:
+        async with self._sub_lock:
+            if conn is not self._conn:
+                return  # lost meanwhile: the next connection subscribes to every user
+            try:
+                packed = conn.pack_commands(commands)
+                await conn.send_packed_command(packed, check_health=False)
+            except self._errors as exc:
+                failed = StoreUnavailable(f"redis: {exc or type(exc).__name__}")
+                for command in commands:
+                    if command[0] != self._subscribe_cmd:
+                        continue
+                    for channel in command[1:]:
+                        for future in self._pending.get(channel, []):
+                            if not future.done():
+                                future.set_exception(failed)
 
     async def _forever(self) -> None:
         delay = 0.05

@@ -25,6 +25,7 @@ from ssehub.exceptions import StoreUnavailable
 from ssehub.stores import _redis_client
 from ssehub.stores import _redis_scripts as scripts
 from ssehub.stores._presence import PresenceLedger
+from ssehub.stores._redis_batch import StepBatch
 from ssehub.stores._redis_keys import Keys, by_slot, tag
 from ssehub.stores._redis_outbox import RedisOutbox
 from ssehub.stores._redis_subscriber import BROADCAST_KEEP, Subscriber, format_id
@@ -129,6 +130,9 @@ class RedisStore(Store):
         # first page of history `start_after` read for a stream of theirs.
         self._live: set[str] = set()
         self._prefetch: dict[str, tuple[str | None, ReadResult]] = {}
+        # The reads of streams opening in the same loop step go out as one pipeline.
+        self._reads = StepBatch[Call, Any](lambda calls: self._scripted_each("READ", calls))
+        self._opens = StepBatch[Call, Any](lambda calls: self._scripted_each("OPEN", calls))
         self._local_counts: dict[str, int] = {}
         self._subscriber = self._new_subscriber(
             {
@@ -212,12 +216,20 @@ class RedisStore(Store):
         one slot stay in order). A master that does not know the script yet (a
         replica just promoted) gets it, and the calls it refused are sent again.
         """
+        results = await self._scripted_each(name, calls)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    async def _scripted_each(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        """`_scripted`, with each call's error in place of its answer."""
         script = self._scripts[name]
-        if not calls:
-            return []
-        if len(calls) == 1:
-            keys, args = calls[0]
-            return [await script(keys=keys, args=args)]
+        if len(calls) <= 1:
+            try:
+                return [await script(keys=keys, args=args) for keys, args in calls]
+            except self._errors as exc:
+                return [exc]
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for _ in range(2):
@@ -231,9 +243,6 @@ class RedisStore(Store):
             if not todo:
                 break
             await self._client.script_load(script.script)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
         return results
 
     # -- the log ------------------------------------------------------------------
@@ -325,7 +334,7 @@ class RedisStore(Store):
             self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
         ]  # fmt: skip
         async with self._errors_as_unavailable():
-            reset, rows = await self._scripts["READ"](keys=[self._keys.stream(user_id)], args=args)
+            reset, rows = await self._reads(([self._keys.stream(user_id)], args))
         return self._page(reset, rows)
 
     @staticmethod
@@ -350,9 +359,7 @@ class RedisStore(Store):
             self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
         ]  # fmt: skip
         async with self._errors_as_unavailable():
-            raw, reset, rows = await self._scripts["OPEN"](
-                keys=[self._keys.stream(user_id)], args=args
-            )
+            raw, reset, rows = await self._opens(([self._keys.stream(user_id)], args))
         start = raw.decode() if raw is not None else None
         if prefetch and user_id in self._live:
             self._prefetch[user_id] = (start, self._page(reset, rows))
