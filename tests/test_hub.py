@@ -11,6 +11,7 @@ import pytest
 from ssehub import Hub, LimitExceeded, Limits, MemoryStore, Message, UserState
 from ssehub.events import KEEPALIVE_FRAME
 from ssehub.exceptions import StoreUnavailable
+from ssehub.stores.base import ReadResult
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +163,58 @@ async def test_an_accepted_broadcast_waits_out_a_busy_store_and_keeps_its_order(
                 await asyncio.sleep(0.01)
     for sink in sinks:
         assert [f.split(b"\n")[1] for f in sink.datas()] == [b"data: %d" % n for n in range(5)]
+
+
+class SlowWatchStore(MemoryStore):
+    """A store whose subscription to a user is confirmed only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirm = asyncio.Event()
+        self.fail = False
+        self.reads: list[str] = []
+
+    async def watch(self, user_id: str) -> None:
+        await self.confirm.wait()
+        if self.fail:
+            raise StoreUnavailable("no subscription")
+        await super().watch(user_id)
+
+    async def read_after(self, user_id: str, after_id: str | None, *, limit: int) -> ReadResult:
+        self.reads.append(user_id)
+        return await super().read_after(user_id, after_id, limit=limit)
+
+
+async def test_a_second_stream_reads_history_only_once_the_users_subscription_is_confirmed() -> (
+    None
+):
+    store = SlowWatchStore()
+    hub = Hub(store)
+    async with hub.running():
+        first = asyncio.create_task(hub.open("u", RecordingSink()))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(hub.open("u", RecordingSink(), last_event_id="0-0"))
+        await asyncio.sleep(0.05)
+        assert store.reads == []  # what it read now could miss what comes before the watch
+        store.confirm.set()
+        await asyncio.gather(first, second)
+        assert store.reads == ["u", "u"]
+        assert hub.open_streams == 2
+
+
+async def test_when_the_first_streams_subscription_fails_the_waiting_stream_is_refused_too() -> (
+    None
+):
+    store = SlowWatchStore()
+    store.fail = True
+    hub = Hub(store)
+    async with hub.running():
+        first = asyncio.create_task(hub.open("u", RecordingSink()))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(hub.open("u", RecordingSink(), last_event_id="0-0"))
+        await asyncio.sleep(0.01)
+        store.confirm.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert all(isinstance(result, StoreUnavailable) for result in results)
+        assert hub.open_streams == 0
+        assert store.reads == []
