@@ -5,7 +5,9 @@ id, the first page of a user's history). Asked one by one, each is a write and a
 wake-up of Redis, and each holds a pooled connection until its answer comes: in a
 reconnect storm the pool ran dry and opens were refused. A `StepBatch` collects the
 requests of one loop step and hands them to one call (a pipeline: one write, one
-connection), then gives each caller its own answer or error.
+connection), then gives each caller its own answer or error. While a batch is out,
+the next one gathers until it is back (as a client that pipelines on its own does),
+so the busier the node, the larger the batches, and an idle node sends at once.
 """
 
 from __future__ import annotations
@@ -30,23 +32,35 @@ class StepBatch(Generic[T, R]):
         self._send = send
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._out = False  # a batch is being answered
 
     def __call__(self, request: T) -> asyncio.Future[R]:
         """Queue a request; the future gets its answer."""
         loop = asyncio.get_running_loop()
-        if not self._waiting:
+        if not self._waiting and not self._out:
             loop.call_soon(self._flush)
         future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((request, future))
         return future
 
     def _flush(self) -> None:
+        if not self._waiting:
+            return
+        self._out = True
         waiting, self._waiting = self._waiting, []
         task = asyncio.get_running_loop().create_task(self._run(waiting))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, waiting: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            await self._answer(waiting)
+        finally:
+            self._out = False
+            if self._waiting:
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _answer(self, waiting: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             answers = await self._send([request for request, _ in waiting])
         except Exception as exc:  # every caller gets it
