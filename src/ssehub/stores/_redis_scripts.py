@@ -4,7 +4,10 @@ Key names are in `_redis_keys` (the table there). Every script declares, as
 ``KEYS[1]``, one key in the hash slot of everything it touches, so Redis Cluster
 routes it to the master that owns the slot (and answers ``MOVED``/``ASK`` while the
 slot moves); names of the other keys of that slot are built from the hash tags the
-script is given. ``ARGV[1]`` of every per-user script is the prefix with its colon.
+script is given. The presence scripts declare every key they write instead (see
+``RedisStore._presence_keys``): a presence written through ``ASK`` while its slot
+moves must not leave a second copy behind. ``ARGV[1]`` of every per-user script is
+the prefix with its colon.
 ``pub`` is ``PUBLISH`` on one server and ``SPUBLISH`` (sharded) on a cluster.
 """
 
@@ -241,10 +244,11 @@ return {start, reset, rows}
 """
 )
 
-# KEYS[1]: a key in the slot of every user of the call. ARGV: prefix, node, now,
-# ttl_ms, then tag, count, cursor ('' to keep) triples. A node's count holds until its
-# deadline (now + ttl), renewed by REFRESH, so the streams of a node killed with -9 stop
-# counting on their own. The cursor only moves forward, whichever node writes last.
+# KEYS: the presence keys (p, u) of every user of the call, which it writes. ARGV:
+# prefix, node, now, ttl_ms, then tag, count, cursor ('' to keep) triples. A node's
+# count holds until its deadline (now + ttl), renewed by REFRESH, so the streams of a
+# node killed with -9 stop counting on their own. The cursor only moves forward,
+# whichever node writes last.
 SET_PRESENCE: Final = (
     _HELPERS
     + """
@@ -268,9 +272,9 @@ return 1
 """
 )
 
-# KEYS[1]: a key in the slot of every user of the call. ARGV: prefix, node, ttl_ms,
-# now, then tag, count pairs. Renews the node's deadlines and rewrites its counts, so
-# presence heals by itself after Redis lost its data.
+# KEYS: the presence keys (p, u) of every user of the call, which it writes. ARGV:
+# prefix, node, ttl_ms, now, then tag, count pairs. Renews the node's deadlines and
+# rewrites its counts, so presence heals by itself after Redis lost its data.
 REFRESH: Final = (
     _HELPERS
     + """

@@ -429,7 +429,7 @@ class RedisStore(Store):
             for index in chunk:
                 user_id, connections, cursor = changes[index]
                 args += (tag(user_id), connections, cursor or "")
-            calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
+            calls.append((self._presence_keys([user_ids[i] for i in chunk]), args))
         # One writer at a time, so a refresh never lands after a newer count.
         async with self._presence_lock, self._errors_as_unavailable():
             await asyncio.gather(self._scripted("SET_PRESENCE", calls), self._mark_known(user_ids))
@@ -439,6 +439,17 @@ class RedisStore(Store):
         for start in range(0, len(user_ids), _USERS_PAGE):
             known = dict.fromkeys(user_ids[start : start + _USERS_PAGE], 0)
             await self._client.zadd(self._keys.users, known)
+
+    def _presence_keys(self, user_ids: Sequence[str]) -> list[str]:
+        """The keys the presence scripts write for users of one slot, declared to Redis.
+
+        While a slot moves between cluster masters, Redis runs a script on the old one
+        only if every declared key is still there, and through ``ASK`` on the new one
+        only if none is left behind (else ``TRYAGAIN``, then a 503). Routed by another
+        key of the slot, a refresh would write a user's presence on the new master while
+        the old one still holds it: two copies, and the move stuck (``BUSYKEY``).
+        """
+        return [self._keys.user(kind, user_id) for user_id in user_ids for kind in "pu"]
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
         now = time.monotonic()
@@ -455,7 +466,7 @@ class RedisStore(Store):
                 args = [*head]
                 for index in chunk:
                     args += (tag(user_ids[index]), self._local_counts.get(user_ids[index], 0))
-                calls.append(([self._keys.stream(user_ids[chunk[0]])], args))
+                calls.append((self._presence_keys([user_ids[i] for i in chunk]), args))
             async with self._errors_as_unavailable():
                 await self._scripted("REFRESH", calls)
                 await self._mark_known(user_ids)
