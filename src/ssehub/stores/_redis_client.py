@@ -6,6 +6,7 @@ request) and connections that report a write on a closed socket as a connection 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -28,7 +29,8 @@ def import_redis() -> Any:
 
 
 def closed_safe(base: type[Any]) -> type[Any]:
-    """A subclass of a redis-py connection class for which a lost socket is an error.
+    """A subclass of a redis-py connection class for which a lost socket is an error,
+    and a write never loses a cancellation.
 
     Two ways a write on a lost connection escaped redis-py as something else, and so
     answered a publish with a 500:
@@ -41,10 +43,20 @@ def closed_safe(base: type[Any]) -> type[Any]:
       (``AttributeError`` on None).
 
     Here both become the ``ConnectionError`` they are (retried, then a 503).
+
+    redis-py writes under ``asyncio.wait_for``, which before Python 3.12 returns
+    normally when the write ends in the same loop turn as the task is cancelled: the
+    cancellation is lost, and a task that loops over Redis calls (a subscriber, the
+    webhook sender) then outlives the ``cancel`` meant to stop it, and whoever
+    awaits it waits for ever (a busy loop makes the coincidence likely). A
+    cancellation requested during the write is raised here after all, once the
+    connection is dropped (the command's answer is never read).
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             await base.send_packed_command(self, command, check_health)
         except RuntimeError as exc:
@@ -54,6 +66,9 @@ def closed_safe(base: type[Any]) -> type[Any]:
             if getattr(self, "_writer", None) is not None:
                 raise  # not a closed connection: a real bug
             raise RedisConnectionError("Connection closed while writing to it") from exc
+        if task is not None and task.cancelling() > cancelling:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
 
     return type(base.__name__, (base,), {"send_packed_command": send_packed_command})
 
