@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 import pytest
 
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import open_store
+from ssehub.stores._redis_client import closed_safe
 from ssehub.stores.redis import RedisStore
 from ssehub.stores.redis_cluster import RedisClusterStore
 
@@ -57,3 +60,30 @@ async def test_a_store_whose_redis_cannot_be_reached_raises_store_unavailable(ur
             await store.watch("alice")
     finally:
         await store.close()
+
+
+class _SwallowingWrite:
+    """A connection whose write loses the task's cancellation, as ``asyncio.wait_for``
+    does before Python 3.12 when the write ends in the same loop turn."""
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+    async def send_packed_command(self, command: object, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self.dropped = True
+
+
+async def test_a_write_that_lost_its_tasks_cancellation_raises_it_and_drops_the_connection() -> (
+    None
+):
+    connection = closed_safe(_SwallowingWrite)()
+    with pytest.raises(asyncio.CancelledError):
+        await connection.send_packed_command(b"PING\r\n")
+    assert connection.dropped  # its answer would be read by the next command

@@ -42,12 +42,7 @@ def receiver(tmp_path: Path) -> Iterator[ReceiverFactory]:
         yield make
 
 
-# The cluster's outbox is covered by the outbox contract (tests/stores/test_outbox.py);
-# a sender run against it here sometimes outlived its timeout on a loaded machine.
-SENDER_STORE_KINDS = [kind for kind in STORE_KINDS if kind != "cluster"]
-
-
-@pytest.fixture(params=SENDER_STORE_KINDS)
+@pytest.fixture(params=STORE_KINDS)
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     factory = StoreFactory(request.param, tmp_path)
     yield await factory()
