@@ -137,12 +137,18 @@ async def collect(stream: Stream, until: str, timeout: float = 20.0) -> list[tup
 
 async def replay_after(server: ServerProcess, user: str, last_id: str) -> list[tuple[str, str]]:
     """(id, data) of what a stream opened with ``Last-Event-ID: last_id`` gets, until
-    ``end``; opened again after a 503 (the store may still be settling)."""
+    ``end``; opened again while it is refused (the node's subscriptions may still be
+    settling after the move): a 503, or, as ``Accept: text/event-stream`` asks, an empty
+    stream with a ``retry:`` hint."""
     async with asyncio.timeout(30):
         while True:
             async with Stream(server.url, user, headers={"Last-Event-ID": last_id}) as late:
                 if late.status_code != 503:
-                    return await collect(late, "end")
+                    first = await late.next_message(timeout=20.0)
+                    assert first is not None, f"the stream ended: {late.error!r}"
+                    if first.data or first.retry is None:
+                        seen = [(first.id, first.data)]
+                        return seen if first.data == "end" else seen + await collect(late, "end")
             await asyncio.sleep(0.2)
 
 
