@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from ssehub import Hub, LimitExceeded, Limits, MemoryStore, Message, UserState
+from ssehub._keepalive import TICK_SLICE
 from ssehub.events import KEEPALIVE_FRAME
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores.base import ReadResult
@@ -119,6 +120,40 @@ async def test_one_timer_sends_keepalives_and_ends_expired_streams() -> None:
         assert expiring.final is not None
         assert b"event: expired" in expiring.final
         assert not lasting.closed
+
+
+async def test_a_keepalive_tick_reaches_every_stream_in_slices_letting_the_loop_run() -> None:
+    # The tick writes a slice of streams per loop step, so requests are served between
+    # slices instead of waiting for every stream of the node.
+    turns = [0]
+    loop = asyncio.get_running_loop()
+
+    def count_turns() -> None:
+        turns[0] += 1
+        loop.call_soon(count_turns)
+
+    class TurnSink(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.turns: list[int] = []
+
+        def write(self, data: bytes) -> bool:
+            if data is KEEPALIVE_FRAME:
+                self.turns.append(turns[0])
+            return super().write(data)
+
+    hub = Hub(MemoryStore(), keepalive=0.05)
+    streams = 3 * TICK_SLICE + 1
+    sinks = [TurnSink() for _ in range(streams)]
+    async with hub.running():
+        connections = [await hub.open(f"s{i}", sink) for i, sink in enumerate(sinks)]
+        hub.release(connections[-1])  # gone: no keep-alive written to it
+        count_turns()
+        await asyncio.sleep(0.12)
+    ticked = [sink.turns[-1] for sink in sinks[:-1]]  # the greeting's keep-alive is turn 0
+    assert all(turn > 0 for turn in ticked)
+    assert len(set(ticked)) > 1  # not every stream in one loop step
+    assert sinks[-1].turns == [0]
 
 
 async def test_broadcast_reaches_every_connected_user_with_their_own_ids() -> None:

@@ -14,6 +14,11 @@ from ssehub.stores.base import Store
 
 logger = logging.getLogger("ssehub.hub")
 
+# Streams kept alive per event-loop step. A tick over every stream in one step held the
+# loop for the whole of it (1,000 fast-path streams: a 5-6 ms flush of 1,000 sockets)
+# while publish requests waited; in slices, a request waits for one slice at most.
+TICK_SLICE = 128
+
 
 class KeepAlive:
     """Every ``interval`` s: a keep-alive on each stream, expired streams closed, and
@@ -51,7 +56,11 @@ class KeepAlive:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
             for registry in self._registries:
-                registry.tick(now, self._drop_slow)
+                connections = registry.connections()
+                for start in range(0, len(connections), TICK_SLICE):
+                    if start:
+                        await asyncio.sleep(0)  # the slice's writes go out, requests run
+                    registry.tick(connections[start : start + TICK_SLICE], now, self._drop_slow)
             user_ids = list(self._users.streams)
             if user_ids:
                 try:

@@ -79,11 +79,20 @@ class Registry:
             for connection in list(streams):
                 connection.close(next(turn))
 
-    def tick(self, now: float, drop_slow: Callable[[Connection], None]) -> None:
-        """Keep-alive every stream; close those whose credentials expired by ``now``."""
-        for streams in list(self.streams.values()):
-            for connection in list(streams):
-                if connection.expires_at is not None and now >= connection.expires_at:
-                    connection.close(events.text_frame("token expired", event="expired"))
-                elif not connection.sink.write(events.KEEPALIVE_FRAME):
-                    drop_slow(connection)
+    def connections(self) -> list[Connection]:
+        """Every open stream now (a copy: the registry may change while it is used)."""
+        return [connection for streams in self.streams.values() for connection in streams]
+
+    @staticmethod
+    def tick(
+        connections: list[Connection], now: float, drop_slow: Callable[[Connection], None]
+    ) -> None:
+        """Keep-alive each stream still open; close those whose credentials expired by
+        ``now``."""
+        for connection in connections:
+            if connection.closed:  # closed since the list was taken
+                continue
+            if connection.expires_at is not None and now >= connection.expires_at:
+                connection.close(events.text_frame("token expired", event="expired"))
+            elif not connection.sink.write(events.KEEPALIVE_FRAME):
+                drop_slow(connection)
