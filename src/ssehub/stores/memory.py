@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import dataclasses
@@ -19,23 +20,37 @@ _SWEEP_SECONDS = 60.0
 
 _COMPACT_AFTER = 64  # dropped entries a log holds before it is compacted
 
-# Kept events and presence are plain tuples of strings, bytes and numbers: the cyclic
-# garbage collector stops tracking such tuples, so a store holding a million events
-# adds nothing to its full passes (objects would, and stall every stream while walked).
-_Entry = tuple[str, bytes]  # (event id, payload)
+# Nothing the store keeps per event is an object the cyclic garbage collector tracks: a
+# log is an array of packed keys and lists of id strings and payload bytes, presence
+# plain tuples of strings and numbers. Events kept as objects (or even as tuples, which
+# are tracked until a collection finds them untrackable) made every 20,000 appends a
+# young collection that walked them, a pause for every stream.
+_SEQ_BITS = 20  # an id's sequence number within its millisecond, in a packed key
+_SEQ_LIMIT = 1 << _SEQ_BITS
+_SEQ_MASK = _SEQ_LIMIT - 1
 _Presence = tuple[int, float, str | None]  # (connections, last seen, cursor)
+
+
+def _packed(key: tuple[int, int]) -> int:
+    """``key`` as one int in the same order against every key the store gave out.
+
+    A sequence number past the store's limit (a client's made-up id) is clamped: no
+    kept key has one, so it sorts the same.
+    """
+    return key[0] << _SEQ_BITS | min(key[1], _SEQ_MASK)
 
 
 @dataclasses.dataclass(slots=True)
 class _Log:
-    """One user's events; the kept ones are ``events[start:]``.
+    """One user's events; the kept ones are at ``start`` and after.
 
     Retention moves ``start`` and removes the dropped entries in bulk, so a full log
     costs no list shift on every append.
     """
 
-    keys: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    events: list[_Entry] = dataclasses.field(default_factory=list)
+    keys: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"))
+    ids: list[str] = dataclasses.field(default_factory=list)
+    payloads: list[bytes] = dataclasses.field(default_factory=list)
     start: int = 0
     last_key: tuple[int, int] | None = None
     dropped_key: tuple[int, int] | None = None  # newest key retention has dropped
@@ -44,21 +59,26 @@ class _Log:
     def kept(self) -> int:
         return len(self.keys) - self.start
 
+    def oldest_ms(self) -> int:
+        return self.keys[self.start] >> _SEQ_BITS
+
     def read(self, start: int, limit: int) -> list[StoredEvent]:
-        entries = self.events[start : start + limit]
-        keys = self.keys[start : start + limit]
+        end = start + limit
         return [
-            StoredEvent(event_id, payload, key)
-            for (event_id, payload), key in zip(entries, keys, strict=True)
+            StoredEvent(event_id, payload, (packed >> _SEQ_BITS, packed & _SEQ_MASK))
+            for event_id, payload, packed in zip(
+                self.ids[start:end], self.payloads[start:end], self.keys[start:end], strict=True
+            )
         ]
 
     def drop_first(self, count: int) -> None:
         if count <= 0:
             return
         self.start += count
-        self.dropped_key = self.keys[self.start - 1]
+        packed = self.keys[self.start - 1]
+        self.dropped_key = (packed >> _SEQ_BITS, packed & _SEQ_MASK)
         if self.start >= _COMPACT_AFTER and 2 * self.start >= len(self.keys):
-            del self.keys[: self.start], self.events[: self.start]
+            del self.keys[: self.start], self.ids[: self.start], self.payloads[: self.start]
             self.start = 0
 
 
@@ -97,7 +117,7 @@ class MemoryStore(LocalFanout):
         listener = self._listener
         for user_id, payload in items:
             event = self._new_event(payload)
-            self._append(user_id, event.key, (event.id, payload))
+            self._append(user_id, event.key, event.id, payload)
             stored.append(event)
             if listener is not None:
                 listener.on_event(user_id, event)
@@ -107,10 +127,9 @@ class MemoryStore(LocalFanout):
         # One event, one id and so one frame for every user: a broadcast costs a list
         # append and a write per user.
         event = self._new_event(payload)
-        entry = (event.id, payload)
         listener = self._listener
         for user_id in user_ids:
-            self._append(user_id, event.key, entry)
+            self._append(user_id, event.key, event.id, payload)
             if listener is not None:
                 listener.on_event(user_id, event)
         return len(user_ids)
@@ -125,21 +144,25 @@ class MemoryStore(LocalFanout):
         if last is None or now_ms > last[0]:
             key = (now_ms, 0)
             self._id_prefix = f"{now_ms}-"
-        else:
+        elif last[1] < _SEQ_MASK:
             key = (last[0], last[1] + 1)
+        else:  # a million ids in one millisecond: the next millisecond's, early
+            key = (last[0] + 1, 0)
+            self._id_prefix = f"{key[0]}-"
         self._last_key = key
         return StoredEvent(self._id_prefix + str(key[1]), payload, key)
 
-    def _append(self, user_id: str, key: tuple[int, int], entry: _Entry) -> None:
+    def _append(self, user_id: str, key: tuple[int, int], event_id: str, payload: bytes) -> None:
         log = self._logs.get(user_id)
         if log is None:
             log = self._logs[user_id] = _Log()
-        log.keys.append(key)
-        log.events.append(entry)
+        log.keys.append(key[0] << _SEQ_BITS | key[1])
+        log.ids.append(event_id)
+        log.payloads.append(payload)
         log.last_key = key
         if (
             len(log.keys) - log.start > self.retention.max_events
-            or log.keys[log.start][0] < key[0] - self._max_age_ms
+            or log.oldest_ms() < key[0] - self._max_age_ms
         ):
             self._trim(log, key[0])
 
@@ -147,8 +170,9 @@ class MemoryStore(LocalFanout):
         excess = log.kept - self.retention.max_events
         oldest_allowed = now_ms - self._max_age_ms
         expired = 0
-        if log.kept and log.keys[log.start][0] < oldest_allowed:
-            expired = bisect.bisect_left(log.keys, (oldest_allowed, 0), lo=log.start) - log.start
+        if log.kept and log.oldest_ms() < oldest_allowed:
+            first_kept = _packed((oldest_allowed, 0))
+            expired = bisect.bisect_left(log.keys, first_kept, lo=log.start) - log.start
         if excess > 0 or expired:
             log.drop_first(max(excess, expired))
 
@@ -162,7 +186,7 @@ class MemoryStore(LocalFanout):
         after = event_key(after_id)
         if log.last_key is None or after > log.last_key:
             return ReadResult(log.read(first, limit), reset=True)
-        start = bisect.bisect_right(log.keys, after, lo=first)
+        start = bisect.bisect_right(log.keys, _packed(after), lo=first)
         reset = log.dropped_key is not None and after < log.dropped_key
         return ReadResult(log.read(start, limit), reset=reset)
 
@@ -189,7 +213,7 @@ class MemoryStore(LocalFanout):
             cursor = presence[2] if presence is not None else None
             start = log.start
             if cursor:
-                start = bisect.bisect_right(log.keys, event_key(cursor), lo=start)
+                start = bisect.bisect_right(log.keys, _packed(event_key(cursor)), lo=start)
             pending = len(log.keys) - start
         if presence is None:
             return UserRecord(user_id, False, 0, None, None, pending)
