@@ -416,6 +416,59 @@ async def test_an_http_1_1_answer_of_unknown_length_stays_chunked() -> None:
     assert transport.data.endswith(b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
 
 
+async def test_chunks_of_one_loop_step_go_out_in_one_write_at_its_end() -> None:
+    written: list[int] = []  # writes when the app had sent its chunks
+    finish = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two", "more_body": True})
+        written.append(len(transport.writes))
+        await finish.wait()
+        await send({"type": "http.response.body", "body": b"end", "more_body": False})
+
+    protocol, transport = http_protocol(app)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await next_step()
+    assert written == [1]  # the head; the chunks waited for the step's end
+    assert transport.writes[1:] == [b"3\r\none\r\n3\r\ntwo\r\n"]
+    finish.set()
+    await next_step()
+    assert transport.writes[2:] == [b"3\r\nend\r\n0\r\n\r\n"]
+
+
+async def test_a_streaming_answer_ends_after_the_chunks_still_waiting() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    protocol, transport = http_protocol(app)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await next_step()
+    assert transport.data.endswith(b"\r\n\r\n3\r\none\r\n0\r\n\r\n")
+
+
+async def test_chunks_waiting_for_a_client_that_left_are_dropped() -> None:
+    sent = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        sent.set()
+        await receive()  # the disconnect
+
+    protocol, transport = http_protocol(app)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(1):
+        await sent.wait()
+    protocol.connection_lost(None)
+    transport.closed = True
+    await next_step()
+    assert len(transport.writes) == 1  # the head alone
+
+
 async def test_invalid_framing_is_refused_before_the_app_runs() -> None:
     called: list[Scope] = []
 

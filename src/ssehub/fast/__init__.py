@@ -25,7 +25,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ssehub.fast.entry import EntryProtocol, FastHttpProtocol
 from ssehub.fast.head import FastStreams
-from ssehub.fast.stream import CloseDelimitedStream, StreamProtocol, WriteBatch, chunk
+from ssehub.fast.stream import CloseDelimitedStream, StreamProtocol, chunk
+from ssehub.front.writes import WriteBatch
 
 
 def fast_protocol(app: FastAPI) -> type[EntryProtocol]:

@@ -12,8 +12,8 @@ from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ssehub.auth import Authenticator
-from ssehub.fast.stream import WriteBatch
 from ssehub.front.answers import RAW_STREAM_HEADERS
+from ssehub.front.writes import WriteBatch
 from ssehub.hub import Hub
 
 RawHeaders = Sequence[tuple[bytes, bytes]]

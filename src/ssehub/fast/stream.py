@@ -1,4 +1,4 @@
-"""Writing a fast stream's frames to its socket: `StreamProtocol` and `WriteBatch`."""
+"""Writing a fast stream's frames to its socket: `StreamProtocol`."""
 
 from __future__ import annotations
 
@@ -32,39 +32,6 @@ def chunk(data: bytes) -> bytes:
 _KEEPALIVE_CHUNK = chunk(events.KEEPALIVE_FRAME)
 # The last frame chunked and its chunk: a broadcast writes one frame to every stream.
 _last_chunked: list[bytes] = [b"", b""]
-
-
-class WriteBatch:
-    """Streams written to during one event-loop step, flushed together at its end.
-
-    A publish request delivers to many streams in one step. Sending each socket's
-    bytes as they come spreads the system calls between Python work, and every one
-    then wakes a reader that had gone back to sleep; sent together at the end of the
-    step, they cost one ``transport.write`` per stream however many frames it got.
-    """
-
-    __slots__ = ("_scheduled", "_streams")
-
-    def __init__(self) -> None:
-        self._streams: list[StreamProtocol] = []
-        self._scheduled = False
-
-    def add(self, stream: StreamProtocol) -> None:
-        """Flush ``stream`` at the end of this loop step (once, however often added)."""
-        self._streams.append(stream)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Flush every stream added since the last flush."""
-        self._scheduled = False
-        streams, self._streams = self._streams, []
-        for stream in streams:
-            try:
-                stream.flush()
-            except Exception:  # one broken socket must not hold back the others
-                logger.exception("writing to a stream failed")
 
 
 class StreamProtocol(HoldUntilHead, asyncio.Protocol):

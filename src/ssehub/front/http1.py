@@ -37,14 +37,27 @@ uvicorn's version, and the conformance suite and ``tests/test_doors.py`` exercis
 
 from __future__ import annotations
 
-from uvicorn._types import ASGISendEvent
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from uvicorn._types import (
+    ASGI3Application,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.server import ServerState
 
 from ssehub.front.checks import bad_framing
+from ssehub.front.writes import loop_batch
 
 MAX_HEAD = 64 * 1024
 """Bytes of a request head at most; and of what is read while requests wait in turn."""
@@ -63,6 +76,91 @@ def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
 
 class Refused(ValueError):
     """Raised in a parser callback to stop parsing: the request gets `HttpProtocol.refuse`."""
+
+
+class BodySender:
+    """A request's ``send``: chunks of a streaming body go out at the end of the loop step.
+
+    Each ``http.response.body`` with ``more_body`` of a started chunked response is
+    queued here, and every sender written to in a loop step is flushed at its end
+    (`loop_batch`), as the fast path does: the stream tasks a publish request woke
+    each send their frames in the next step, and their system calls then come one
+    after another instead of each between Python work. Any other message sends what
+    is queued first, then goes to uvicorn's ``send``, so the order on the wire is the
+    app's. A client that does not read still blocks its app in ``send`` (uvicorn's
+    flow control), a step later.
+
+    It wraps the cycle's ``send`` rather than subclassing the cycle: uvicorn creates
+    the cycle, and changing an object's class after the fact makes every attribute
+    access on it slower (its dict no longer matches its class's keys).
+    """
+
+    __slots__ = ("_batch", "_cycle", "_queued")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._batch = loop_batch()
+        self._queued: list[bytes] | None = None  # chunks waiting for the step's end
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """The request's ASGI ``send``."""
+        cycle = self._cycle
+        if (
+            message["type"] == "http.response.body"
+            and cycle.chunked_encoding  # (set only by a started response: not a HEAD)
+            and message.get("more_body", False)
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused
+        ):
+            body = message.get("body", b"")
+            if body:
+                queued = self._queued
+                if queued is None:
+                    self._queued = [b"%x\r\n" % len(body), body, b"\r\n"]
+                    self._batch.add(self)
+                else:
+                    queued += (b"%x\r\n" % len(body), body, b"\r\n")
+            return
+        if self._queued is not None:
+            self.flush()
+        await cycle.send(message)
+
+    def flush(self) -> None:
+        """Send the chunks queued in this loop step, in one ``transport.write``."""
+        queued, self._queued = self._queued, None
+        cycle = self._cycle
+        if queued and not cycle.disconnected and not cycle.transport.is_closing():
+            cycle.transport.write(b"".join(queued))
+
+
+class BatchingApp:
+    """The app as `HttpProtocol` runs it: each request's ``send`` is a `BodySender`'s.
+
+    ``receive`` is passed on as it is (`ssehub.front.watch` steps uvicorn's own).
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGI3Application) -> None:
+        self.app = app
+
+    def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> Awaitable[None]:
+        cycle: RequestResponseCycle = send.__self__  # type: ignore[attr-defined]
+        return self.app(scope, receive, BodySender(cycle).send)
+
+
+_last_batching: list[BatchingApp] = []
+
+
+def batching_app(app: ASGI3Application) -> BatchingApp:
+    """``app`` as `BatchingApp` (the same object for every connection to one app)."""
+    if _last_batching and _last_batching[0].app is app:
+        return _last_batching[0]
+    _last_batching[:] = [BatchingApp(app)]
+    return _last_batching[0]
 
 
 class CloseDelimitedCycle(RequestResponseCycle):
@@ -104,6 +202,16 @@ class HttpProtocol(HttpToolsProtocol):
     _big_piece = False  # the piece being parsed is over MAX_HEAD
     _refusal: tuple[int, str] | None = None  # the answer to the request just refused
     _deferred: tuple[int, str] | None = None  # a refusal waiting for the answers before it
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.app = batching_app(self.app)
 
     # -- reading ---------------------------------------------------------------------
 
