@@ -210,7 +210,7 @@ class HttpProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        HttpToolsProtocol.__init__(self, config, server_state, app_state, _loop)
         self.app = batching_app(self.app)
 
     # -- reading ---------------------------------------------------------------------

@@ -81,7 +81,11 @@ class AsgiSink(HoldUntilHead):
             return False
         self._chunks.append(data)
         self._size += len(data)
-        self.wake()
+        waiter = self._waiter  # (the wake-up inline: this is the per-delivery path)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         return True
 
     def close(self, final: bytes | None = None) -> None:
@@ -110,8 +114,10 @@ class AsgiSink(HoldUntilHead):
     def wake(self, _: object = None) -> None:
         """Wake the task in `wait` (also a future's done callback)."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def waiter(self) -> asyncio.Future[None]:
         """A future the next `wake` resolves: a write, the close, or the client's side."""
@@ -149,13 +155,15 @@ async def serve_stream(
         await refusal(error_response(exc), scope)(scope, receive, send)
         return
     task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
     client = watch_client(receive, sink.wake)
+    left = client.left
     released = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         sink.live()
         while True:
-            if client.left():
+            if left():
                 if sink.overflowed:
                     return
                 sink.close()  # the client left: end the response
@@ -167,8 +175,9 @@ async def serve_stream(
                     released = True
                     sink.take_nowait()
                     hub.release(connection)
-                await sink.waiter()
-            elif sink.ready:
+                sink._waiter = waiter = loop.create_future()
+                await waiter
+            elif sink._chunks or sink.closed:  # (`ready`, inline: the per-delivery path)
                 body = sink.take_nowait()
                 final = sink.closed
                 sink.sender = task
@@ -182,7 +191,8 @@ async def serve_stream(
                 if final and not sink.overflowed:
                     return
             else:
-                await sink.waiter()
+                sink._waiter = waiter = loop.create_future()
+                await waiter
     except OSError:
         pass  # the client went away mid-write
     except RuntimeError:
