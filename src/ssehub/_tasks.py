@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -12,12 +11,20 @@ logger = logging.getLogger("ssehub.tasks")
 
 
 async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has ended."""
+    """Cancel ``task`` (if any) and wait until it has ended.
+
+    The task's own cancellation is expected and swallowed; a cancellation of the caller
+    while it waits is not: it is raised, as any await would.
+    """
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        caller = asyncio.current_task()
+        if caller is not None and caller.cancelling():
+            raise
 
 
 class TaskOwner:
