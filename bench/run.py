@@ -582,7 +582,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--spread-retry", action="store_true",
-        help="restart: clients wait the retry: hint times 0.5-1.5 (as if the hub spread it)",
+        help="restart: clients also wait their retry: hint times 0.5-1.5 (on top of the hub)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.table:
