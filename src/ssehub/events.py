@@ -9,6 +9,7 @@ connections.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final
 
@@ -141,7 +142,8 @@ def retry_frame(milliseconds: int) -> bytes:
 RETRY_SPREAD: Final = 16  # distinct reconnection times handed out on a shutdown
 
 
-def spread_retry_frames(milliseconds: int) -> list[bytes]:
+@functools.lru_cache(maxsize=4)
+def spread_retry_frames(milliseconds: int) -> tuple[bytes, ...]:
     """Retry frames from half to one and a half times ``milliseconds``, evenly spaced.
 
     A hub that stops gives each stream one of them, so its clients come back spread
@@ -149,7 +151,7 @@ def spread_retry_frames(milliseconds: int) -> list[bytes]:
     flooded); on average they still wait ``milliseconds``.
     """
     steps = RETRY_SPREAD - 1
-    return [retry_frame(round(milliseconds * (0.5 + i / steps))) for i in range(RETRY_SPREAD)]
+    return tuple(retry_frame(round(milliseconds * (0.5 + i / steps))) for i in range(RETRY_SPREAD))
 
 
 KEEPALIVE_FRAME: Final = text_frame(KEEPALIVE_TEXT, event=KEEPALIVE_EVENT)
