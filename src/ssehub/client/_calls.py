@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 
+from ssehub.client._closing import AsyncClosedOnExit
 from ssehub.client._errors import raise_for, unreachable
 from ssehub.client._stream import EventStream
 
 Token = str | Callable[[], str] | None
 
 
-class HubClient:
+class HubClient(AsyncClosedOnExit):
     """An async client of one ssehub server.
 
     Args:
@@ -43,17 +43,6 @@ class HubClient:
         self._publish_key = publish_key
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout)
-
-    async def __aenter__(self) -> HubClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP client, if this object made it."""

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import random
 from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -15,6 +14,7 @@ import httpx
 import orjson
 from httpx_sse import EventSource, ServerSentEvent
 
+from ssehub.client._closing import AsyncClosedOnExit
 from ssehub.client._errors import error_for, transient, unreachable
 from ssehub.exceptions import SsehubError
 
@@ -55,7 +55,7 @@ class Event:
         return orjson.loads(self.data)
 
 
-class EventStream:
+class EventStream(AsyncClosedOnExit):
     """The events of one user, across reconnects; an async iterator and context manager.
 
     Create it with `HubClient.events`. ``last_event_id`` is where the next connection
@@ -152,17 +152,6 @@ class EventStream:
                 await self.aclose()
             return event
         raise StopAsyncIteration
-
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the open connection, if any; iteration ends. Idempotent."""

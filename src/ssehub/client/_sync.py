@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any
 
 import anyio.from_thread
 
 from ssehub.client._calls import HubClient
+from ssehub.client._closing import ClosedOnExit
 from ssehub.client._stream import Event, EventStream
 
 # How long closing waits for a read that was interrupted (Ctrl-C) to unwind.
 _UNWIND_SECONDS = 5.0
 
 
-class SyncHubClient:
+class SyncHubClient(ClosedOnExit):
     """`HubClient` for scripts without asyncio: the same methods, blocking.
 
     Runs an event loop in a helper thread; use it as a context manager (or call
@@ -29,17 +29,6 @@ class SyncHubClient:
         self._client: HubClient = self._portal.call(_make_client, url, options)
         self._streams: set[SyncEventStream] = set()
         self._closed = False
-
-    def __enter__(self) -> SyncHubClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close every stream, the client, and stop its thread. Idempotent."""
@@ -75,7 +64,7 @@ class SyncHubClient:
         return stream
 
 
-class SyncEventStream:
+class SyncEventStream(ClosedOnExit):
     """A blocking `EventStream`: iterate it, and close it (or use ``with``) when done."""
 
     def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: EventStream) -> None:
@@ -120,17 +109,6 @@ class SyncEventStream:
             return await anext(self.stream)
         finally:
             self._idle.set()
-
-    def __enter__(self) -> SyncEventStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the stream's connection. Idempotent."""
