@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from ssehub._tasks import TaskOwner
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -31,7 +33,7 @@ class StepBatch(Generic[T, R]):
     def __init__(self, send: Callable[[list[T]], Awaitable[list[R | BaseException]]]) -> None:
         self._send = send
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner()  # holds each batch's task while it is out
         self._out = False  # a batch is being answered
 
     def __call__(self, request: T) -> asyncio.Future[R]:
@@ -48,9 +50,7 @@ class StepBatch(Generic[T, R]):
             return
         self._out = True
         waiting, self._waiting = self._waiting, []
-        task = asyncio.get_running_loop().create_task(self._run(waiting))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run(waiting), "ssehub-redis-batch")
 
     async def _run(self, waiting: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
