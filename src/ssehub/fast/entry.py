@@ -110,7 +110,10 @@ class EntryProtocol(asyncio.Protocol):
         self._state = server_state
         self._app_state = app_state
         self._loop = _loop
-        self._parser = httptools.HttpRequestParser(self)
+        # The parser holds this protocol's bound methods: a reference cycle, dropped
+        # (`_drop_parser`) as soon as the head is decided so that reference counting,
+        # not the cyclic collector, frees both.
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._received: list[bytes] = []
         self._size = 0
         self._url = b""
@@ -127,6 +130,8 @@ class EntryProtocol(asyncio.Protocol):
         self._state.connections.add(self)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
+        if self._parser is None:
+            return  # the connection is another protocol's now
         self._received.append(data)
         self._size += len(data)
         try:
@@ -148,6 +153,7 @@ class EntryProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.connections.discard(self)
+        self._parser = None
 
     def shutdown(self) -> None:
         """Called by uvicorn on a graceful shutdown: nothing was asked yet, so close."""
@@ -172,6 +178,7 @@ class EntryProtocol(asyncio.Protocol):
             ):
                 return  # the app's protocol refuses it (414 or 431)
             parser = self._parser
+            assert parser is not None
             self._target = stream_target(
                 self._url,
                 parser.get_method(),
@@ -188,18 +195,17 @@ class EntryProtocol(asyncio.Protocol):
     def _stream(self) -> None:
         assert self.transport is not None
         assert self._target is not None
+        assert self._parser is not None
+        http_version = self._parser.get_http_version()
+        self._parser = None
         self._state.connections.discard(self)
         take_over(
-            self.transport,
-            self.streams,
-            self._state,
-            self._target,
-            self._headers,
-            self._parser.get_http_version(),
+            self.transport, self.streams, self._state, self._target, self._headers, http_version
         )
 
     def _hand_over(self) -> None:
         assert self.transport is not None
+        self._parser = None
         self._state.connections.discard(self)
         http = self.http_protocol(
             config=self._config,

@@ -215,8 +215,11 @@ class StreamProtocol(HoldUntilHead, asyncio.Protocol):
         self.lost = True
         self.closed = True
         self._state.connections.discard(self)
-        if self.connection is not None:
-            self._front.hub.release(self.connection)
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            # (dropping it breaks the stream <-> connection cycle: reference counting
+            # frees both, not the cyclic collector)
+            self._front.hub.release(connection)
 
     def shutdown(self) -> None:
         """Called by uvicorn on a graceful shutdown: end the stream with a retry hint.
