@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from ssehub import Hub
 from ssehub.app import create_app
 from ssehub.connection import Connection
 from ssehub.fast import EntryProtocol, StreamProtocol
@@ -29,7 +30,7 @@ SERVER_TYPES = (EntryProtocol, StreamProtocol, Connection)
 
 
 @contextlib.asynccontextmanager
-async def fast_server(port: int) -> AsyncIterator[ReadyServer]:
+async def fast_server(port: int) -> AsyncIterator[Hub]:
     settings = Settings(store="memory://", port=port, keepalive=60)
     app = create_app(settings)
     server = ReadyServer(uvicorn_config(settings, app))
@@ -37,7 +38,7 @@ async def fast_server(port: int) -> AsyncIterator[ReadyServer]:
     try:
         async with asyncio.timeout(10):
             await server.ready.wait()
-        yield server
+        yield app.state.hub
     finally:
         server.should_exit = True
         async with asyncio.timeout(10):
@@ -79,8 +80,7 @@ async def ask_health(port: int) -> None:
 
 async def test_streams_opened_and_closed_leave_no_cycles_of_the_servers_objects() -> None:
     port = free_port()
-    async with fast_server(port) as server:
-        hub = server.config.app.state.hub  # type: ignore[attr-defined]
+    async with fast_server(port) as hub:
         await ask_health(port)  # the app's first answer builds what it keeps
         with collector_off() as garbage:
             writers = [await open_stream(port, f"u{i}") for i in range(STREAMS)]
