@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Self
 
 logger = logging.getLogger("ssehub.tasks")
 
@@ -58,3 +60,24 @@ class TaskOwner:
             task.cancel()
         for task in tasks:
             await cancel_and_wait(task)
+
+
+class Service(abc.ABC):
+    """A component that is started, runs background work, and is closed."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start the background work."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the background work and wait for it to end."""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        """Start, and close on the way out (for an ASGI lifespan)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.close()

@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ssehub import events
@@ -27,7 +27,7 @@ from ssehub._replay import replay
 from ssehub._signals import chain_shutdown_signals
 from ssehub._stats import HubStats
 from ssehub._store_presence import StorePresence
-from ssehub._tasks import TaskOwner
+from ssehub._tasks import Service, TaskOwner
 from ssehub.connection import Connection, FrameSink
 from ssehub.exceptions import LimitExceeded, StoreUnavailable
 from ssehub.limits import Limits, check_payload, check_user_id
@@ -41,7 +41,7 @@ logger = logging.getLogger("ssehub.hub")
 _CLOSE_DRAIN_SECONDS = 5.0
 
 
-class Hub:
+class Hub(Service):
     """Delivers each user's messages to all of their open streams; a `Messenger`.
 
     Args:
@@ -103,15 +103,6 @@ class Hub:
         store.bind(self)
 
     # -- life cycle -------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Hub]:
-        """Start the hub, and close it on the way out (for an ASGI lifespan)."""
-        await self.start()
-        try:
-            yield self
-        finally:
-            await self.close()
 
     async def start(self) -> None:
         """Start the store and the hub's background tasks."""

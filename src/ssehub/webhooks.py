@@ -18,14 +18,14 @@ import heapq
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Final
 
 import httpx
 import orjson
 
 from ssehub._latency import LatencyHistogram
-from ssehub._tasks import TaskOwner, cancel_and_wait
+from ssehub._tasks import Service, TaskOwner, cancel_and_wait
 from ssehub.exceptions import StoreUnavailable
 from ssehub.presence import PresenceEvent
 from ssehub.settings import Settings
@@ -97,7 +97,7 @@ class WebhookStats:
     )
 
 
-class WebhookSender:
+class WebhookSender(Service):
     """Puts events in an outbox and POSTs them, signed, until received.
 
     Call it with each event (it is a presence listener); run it between `start` and
@@ -153,15 +153,6 @@ class WebhookSender:
         self._putter: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[WebhookSender]:
-        """Start the sender, and close it on the way out (for an ASGI lifespan)."""
-        await self.start()
-        try:
-            yield self
-        finally:
-            await self.close()
 
     async def start(self) -> None:
         """Start putting and sending."""
