@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -71,6 +72,49 @@ def closed_safe(base: type[Any]) -> type[Any]:
             raise asyncio.CancelledError
 
     return type(base.__name__, (base,), {"send_packed_command": send_packed_command})
+
+
+def fast_packing(base: type[Any]) -> type[Any]:
+    """A subclass of a redis-py connection class that packs commands with hiredis.
+
+    redis-py's asyncio connections pack every argument in Python (an ``isinstance``
+    chain, an encode and a join per argument: about 1.7 µs each); hiredis packs a whole
+    command in C, the same bytes (UTF-8 strings, ``repr`` of numbers). A stream opening
+    on the Redis store passes a few dozen arguments, a publish a few per message. What
+    hiredis refuses (``bool``, ``None``, ``bytearray``...) goes to redis-py's packer,
+    which packs it or raises its usual ``DataError``. Without hiredis, or with an
+    encoding other than strict UTF-8, redis-py's packer does it all.
+    """
+    try:
+        from hiredis import pack_command as pack
+    except ImportError:  # pragma: no cover - the redis extra installs it
+        return base
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        encoder = self.encoder
+        if encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
+            return base.pack_command(self, *args)  # type: ignore[no-any-return]
+        name = args[0]
+        if (b" " if isinstance(name, bytes) else " ") in name:
+            args = (*name.split(), *args[1:])  # "SCRIPT LOAD": two words, as redis-py
+        try:
+            return [pack(args)]
+        except TypeError:
+            return base.pack_command(self, *args)  # type: ignore[no-any-return]
+
+    def pack_commands(self: Any, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        pieces: list[bytes] = []
+        for command in commands:
+            pieces += self.pack_command(*command)
+        return [b"".join(pieces)]
+
+    methods = {"pack_command": pack_command, "pack_commands": pack_commands}
+    return type(base.__name__, (base,), methods)
+
+
+def store_connection(base: type[Any]) -> type[Any]:
+    """The store's connection class on ``base``: `closed_safe`, with `fast_packing`."""
+    return closed_safe(fast_packing(base))
 
 
 @dataclasses.dataclass
@@ -155,7 +199,7 @@ def single_client(url: StoreURL) -> Any:
             protocol=2,  # pub/sub messages as plain replies, on every Redis version
             retry=_retry(),
         )
-        pool.connection_class = closed_safe(pool.connection_class)
+        pool.connection_class = store_connection(pool.connection_class)
         pool.connection_class(**pool.connection_kwargs)  # refuses unknown options
         return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
     except (ValueError, TypeError) as exc:
@@ -209,7 +253,7 @@ def cluster_client(url: StoreURL) -> Any:
         )
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"bad redis+cluster URL: {exc}") from exc
-    safe = closed_safe(Connection)
+    safe = store_connection(Connection)
     client.connection_kwargs["connection_class"] = safe
     for node in client.nodes_manager.startup_nodes.values():
         node.connection_class = safe
@@ -245,7 +289,7 @@ def sentinel_client(url: StoreURL) -> Any:
     sentinel = Sentinel(url.hosts, sentinel_kwargs=dict(timeouts), **timeouts)  # type: ignore[no-untyped-call]
     return sentinel.master_for(
         name,
-        connection_class=closed_safe(SentinelManagedConnection),
+        connection_class=store_connection(SentinelManagedConnection),
         db=int(db or 0),
         username=parts.username,
         password=parts.password,
