@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import ipaddress
 import signal
 import ssl
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +25,8 @@ from tests.conftest import ServerFactory, ServerProcess
 
 pytest.importorskip("h2")
 pytest.importorskip("zttp")
+if "http2" not in inspect.signature(uvicorn.Config).parameters:
+    pytest.skip("uvicorn before 0.54 serves no HTTP/2", allow_module_level=True)
 
 TABS = 8  # more than the six HTTP/1.1 connections a browser opens to one origin
 

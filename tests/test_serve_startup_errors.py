@@ -12,6 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import uvicorn
+
+from ssehub import server
+from ssehub.exceptions import ConfigurationError
+from ssehub.settings import Settings
 from tests.conftest import ServerFactory, free_port
 
 
@@ -70,3 +76,17 @@ def test_a_port_in_use_is_reported_before_the_store_opens(tmp_path: Path) -> Non
     assert_one_error_line(done, f"127.0.0.1:{port} is already in use")
     assert "SQLite store" not in done.stderr
     assert not (tmp_path / "hub.db").exists()
+
+
+def test_http2_with_a_uvicorn_that_has_none_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("zttp")
+
+    class UvicornConfigBefore054:  # no ``http2`` parameter
+        def __init__(self, app: object, host: str = "127.0.0.1", port: int = 8000) -> None:
+            pass
+
+    monkeypatch.setattr(uvicorn, "Config", UvicornConfigBefore054)
+    with pytest.raises(ConfigurationError, match=r"--http2 needs uvicorn 0\.54 or later"):
+        server.uvicorn_config(Settings(http2=True), object())

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import importlib.util
+import inspect
 import logging
 import multiprocessing
 import os
@@ -154,6 +155,11 @@ def _http2_protocol() -> str:
     """
     if importlib.util.find_spec("zttp") is None:
         raise ConfigurationError("--http2 needs zttp: pip install 'ssehub[http2]'")
+    if "http2" not in inspect.signature(uvicorn.Config).parameters:
+        raise ConfigurationError(
+            f"--http2 needs uvicorn 0.54 or later (this is {uvicorn.__version__}): "
+            "pip install 'ssehub[http2]'"
+        )
     return "zttp"
 
 

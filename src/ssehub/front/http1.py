@@ -180,6 +180,11 @@ class CloseDelimitedCycle(RequestResponseCycle):
             ):
                 self._bare = True
                 self.chunked_encoding = False  # so uvicorn adds no transfer-encoding
+                if b"connection" not in names:
+                    # The body ends when the connection does: say so, whatever uvicorn's
+                    # version would add on its own (those before 0.31 add nothing).
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
         elif self._bare and message["type"] == "http.response.body":
             # uvicorn checks a body against its length; this body's length is what it is
             self.expected_content_length = len(message.get("body", b""))
