@@ -90,6 +90,11 @@ class BodySender:
     app's. A client that does not read still blocks its app in ``send`` (uvicorn's
     flow control), a step later.
 
+    The response head is queued too (`write`), so that it goes out with the first
+    chunk in one ``transport.write``, or just before the next message that is not
+    queued. A portable stream whose middleware passes bodies on as they are queues
+    its chunks with `chunk`, without an ASGI message (`ssehub.front.passthrough`).
+
     It wraps the cycle's ``send`` rather than subclassing the cycle: uvicorn creates
     the cycle, and changing an object's class after the fact makes every attribute
     access on it slower (its dict no longer matches its class's keys).
@@ -100,34 +105,68 @@ class BodySender:
     def __init__(self, cycle: RequestResponseCycle) -> None:
         self._cycle = cycle
         self._batch = loop_batch()
-        self._queued: list[bytes] | None = None  # chunks waiting for the step's end
+        self._queued: list[bytes] | None = None  # bytes waiting for the step's end
 
     async def send(self, message: ASGISendEvent) -> None:
         """The request's ASGI ``send``."""
         cycle = self._cycle
-        if (
-            message["type"] == "http.response.body"
-            and cycle.chunked_encoding  # (set only by a started response: not a HEAD)
-            and message.get("more_body", False)
-            and not cycle.response_complete
-            and not cycle.disconnected
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False) and self.chunk(message.get("body", b"")):
+                return
+        elif (
+            message["type"] == "http.response.start"
+            and not cycle.response_started
             and not cycle.flow.write_paused
+            and not cycle.disconnected
         ):
-            body = message.get("body", b"")
-            if body:
-                queued = self._queued
-                if queued is None:
-                    self._queued = [b"%x\r\n" % len(body), body, b"\r\n"]
-                    self._batch.add(self)
-                else:
-                    queued += (b"%x\r\n" % len(body), body, b"\r\n")
+            # uvicorn builds the head and writes it at once, in one transport.write,
+            # without waiting (the flow is not paused): that write is queued here.
+            transport = cycle.transport
+            cycle.transport = self  # type: ignore[assignment]
+            try:
+                await cycle.send(message)
+            finally:
+                cycle.transport = transport
             return
         if self._queued is not None:
             self.flush()
         await cycle.send(message)
 
+    def chunk(self, body: bytes) -> bool:
+        """Queue ``body`` as a chunk of the started response; False if it cannot be.
+
+        It cannot be once the response is complete or the client gone, while the
+        client does not read (the flow is paused), and for a response that is not
+        chunked (nor started, nor a HEAD's): the message then takes uvicorn's ``send``.
+        """
+        cycle = self._cycle
+        if (
+            not cycle.chunked_encoding  # (set only by a started response: not a HEAD)
+            or cycle.response_complete
+            or cycle.disconnected
+            or cycle.flow.write_paused
+        ):
+            return False
+        if body:
+            queued = self._queued
+            if queued is None:
+                self._queued = [b"%x\r\n" % len(body), body, b"\r\n"]
+                self._batch.add(self)
+            else:
+                queued += (b"%x\r\n" % len(body), body, b"\r\n")
+        return True
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` as it is: uvicorn's head, written here while the head is sent."""
+        queued = self._queued
+        if queued is None:
+            self._queued = [data]
+            self._batch.add(self)
+        else:
+            queued.append(data)
+
     def flush(self) -> None:
-        """Send the chunks queued in this loop step, in one ``transport.write``."""
+        """Send what was queued in this loop step, in one ``transport.write``."""
         queued, self._queued = self._queued, None
         cycle = self._cycle
         if queued and not cycle.disconnected and not cycle.transport.is_closing():

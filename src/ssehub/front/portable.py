@@ -25,6 +25,8 @@ from ssehub.front.checks import (
     request_mappings,
 )
 from ssehub.front.hold import HoldUntilHead
+from ssehub.front.http1 import BodySender
+from ssehub.front.passthrough import body_sender
 from ssehub.front.watch import watch_client
 from ssehub.hub import Hub
 
@@ -57,9 +59,24 @@ class AsgiSink(HoldUntilHead):
     (the client does not read), the hub closes the sink and the stream's task is
     cancelled even if it is blocked in ``send``: a client that never reads must not
     hold its stream forever.
+
+    With a `direct` sender (ssehub's own protocol under middleware that passes bodies
+    on as they are, `ssehub.front.passthrough`), a frame goes to it at once, as a chunk
+    sent at the end of the loop step, and the task is not woken: only when nothing is
+    queued here nor being sent, so the order stays the hub's. Otherwise (the client
+    does not read, or left) the frame is queued for the task as without one.
     """
 
-    __slots__ = ("_chunks", "_size", "_waiter", "closed", "limit", "overflowed", "sender")
+    __slots__ = (
+        "_chunks",
+        "_size",
+        "_waiter",
+        "closed",
+        "direct",
+        "limit",
+        "overflowed",
+        "sender",
+    )
 
     def __init__(self, limit: int) -> None:
         HoldUntilHead.__init__(self)
@@ -69,13 +86,17 @@ class AsgiSink(HoldUntilHead):
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.overflowed = False
-        self.sender: asyncio.Task[Any] | None = None
+        self.sender: asyncio.Task[Any] | None = None  # while it is in ``send``
+        self.direct: BodySender | None = None
 
     def write(self, data: bytes) -> bool:
         if self.closed:
             return True
         if self._held is not None:
             return self.hold(data)
+        direct = self.direct
+        if direct is not None and not self._chunks and self.sender is None and direct.chunk(data):
+            return True
         if self._size + len(data) > self.limit:
             self.overflowed = True
             return False
@@ -100,11 +121,17 @@ class AsgiSink(HoldUntilHead):
         if self.overflowed and self.sender is not None:
             self.sender.cancel()  # blocked in send() to a client that does not read
 
-    def live(self) -> None:
-        """The response has started: queue what was held, and bound the queue from now on."""
+    def live(self, direct: BodySender | None = None) -> None:
+        """The response has started: queue what was held, and bound the queue from now on.
+
+        With ``direct`` (see the class), what was held goes to it at once if it can,
+        and so do the frames that follow.
+        """
         held = self.release()
-        self._chunks[:0] = held
-        self._size += sum(len(data) for data in held)
+        self.direct = direct
+        if held and not (direct is not None and not self._chunks and direct.chunk(b"".join(held))):
+            self._chunks[:0] = held
+            self._size += sum(len(data) for data in held)
 
     @property
     def ready(self) -> bool:
@@ -161,7 +188,7 @@ async def serve_stream(
     released = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
-        sink.live()
+        sink.live(body_sender(send))
         while True:
             if left():
                 if sink.overflowed:
