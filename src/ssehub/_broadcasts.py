@@ -13,7 +13,7 @@ from ssehub.stores.base import Store
 
 logger = logging.getLogger("ssehub.hub")
 
-_CHUNK = 1000  # users appended per store round trip
+_CHUNK = 1000  # users appended per store round trip (unless the store writes it once)
 _RETRY_SECONDS = 30.0
 MAX_PENDING = 1000
 
@@ -55,8 +55,9 @@ class Broadcasts:
         """Append every queued broadcast."""
         while self._pending:
             user_ids, payload = self._pending[0]
-            for start in range(0, len(user_ids), _CHUNK):
-                await self._append_retrying(user_ids[start : start + _CHUNK], payload)
+            chunk = len(user_ids) if self._store.broadcast_once else _CHUNK
+            for start in range(0, len(user_ids), chunk):
+                await self._append_retrying(user_ids[start : start + chunk], payload)
                 await asyncio.sleep(0)  # let publishers and new streams in between chunks
             self._pending.popleft()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,27 @@ class StoreFactory:
                 forget_cluster_prefix(cluster_url(), prefix)
             else:
                 forget_prefix(prefix)
+
+
+Opener = Callable[..., Coroutine[Any, Any, SqliteStore]]
+
+
+@pytest.fixture
+async def open_sqlite(tmp_path: Path) -> AsyncIterator[Opener]:
+    """Start SQLite stores (on ``tmp_path/hub.db`` unless told); close them afterwards."""
+    opened: list[SqliteStore] = []
+
+    async def opener(path: Path | None = None, **options: Any) -> SqliteStore:
+        listener = options.pop("listener", None) or RecordingListener()
+        store = SqliteStore(path or tmp_path / "hub.db", **options)
+        store.bind(listener)
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in reversed(opened):
+        await store.close()
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +15,9 @@ from ssehub.events import event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import ReadResult, Retention, UserState, open_store
 from ssehub.stores.sqlite import SqliteStore
-from tests.stores.conftest import RecordingListener
+from tests.stores.conftest import Opener, RecordingListener
 
 pytestmark = pytest.mark.anyio
-
-Opener = Callable[..., Coroutine[Any, Any, SqliteStore]]
-
-
-@pytest.fixture
-async def open_sqlite(tmp_path: Path) -> AsyncIterator[Opener]:
-    """Start SQLite stores (on ``tmp_path/hub.db`` unless told); close them afterwards."""
-    opened: list[SqliteStore] = []
-
-    async def opener(path: Path | None = None, **options: Any) -> SqliteStore:
-        store = SqliteStore(path or tmp_path / "hub.db", **options)
-        store.bind(RecordingListener())
-        await store.start()
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in reversed(opened):
-        await store.close()
 
 
 @pytest.mark.parametrize(

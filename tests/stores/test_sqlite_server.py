@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,13 +24,13 @@ async def publish(client: httpx.AsyncClient, url: str, user_id: str, data: str) 
     return str(answer.json()["id"])
 
 
-async def read_until(
-    stream: Stream, wanted: set[str], timeout: float = 10.0
+async def read_while(
+    stream: Stream, more: Callable[[list[tuple[str, str]]], bool]
 ) -> list[tuple[str, str]]:
-    """(id, data) of the stream's messages until every id in ``wanted`` was seen."""
+    """(id, data) of the stream's messages, for as long as ``more(seen)`` holds."""
     seen: list[tuple[str, str]] = []
-    async with asyncio.timeout(timeout):
-        while not wanted <= {event_id for event_id, _ in seen}:
+    async with asyncio.timeout(10.0):
+        while more(seen):
             event = await stream.next_message()
             assert event is not None, (
                 f"stream ended after {len(seen)} messages: "
@@ -37,6 +39,16 @@ async def read_until(
             if event.id:
                 seen.append((event.id, event.data))
     return seen
+
+
+async def read_until(stream: Stream, wanted: set[str]) -> list[tuple[str, str]]:
+    """(id, data) of the stream's messages until every id in ``wanted`` was seen."""
+    return await read_while(stream, lambda seen: not wanted <= {event_id for event_id, _ in seen})
+
+
+async def messages_until(stream: Stream, data: str) -> list[tuple[str, str]]:
+    """(id, data) of the stream's messages up to the one with ``data``."""
+    return await read_while(stream, lambda seen: not seen or seen[-1][1] != data)
 
 
 async def test_every_accepted_message_survives_a_restart_and_kill_9_of_the_server(
@@ -110,3 +122,56 @@ def test_serve_keeps_messages_in_data_ssehub_db_by_default() -> None:
     own = Settings(store="sqlite:///x.db?synchronous=off", sqlite_synchronous="full")
     assert own.store_url == "sqlite:///x.db?synchronous=off"
     assert Settings(store="memory://").store_url == "memory://"
+
+
+async def broadcast(client: httpx.AsyncClient, url: str, data: str) -> None:
+    answer = await client.post(f"{url}/sse/broadcast", json={"data": data})
+    assert answer.status_code == 202, answer.text
+
+
+async def test_a_broadcast_survives_kill_9_for_those_connected_and_only_for_them(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    store = "sqlite:///data/ssehub.db"
+    server = start_server(store=store)
+    async with (
+        httpx.AsyncClient(timeout=5.0) as client,
+        Stream(server.url, "alice") as alice,
+        Stream(server.url, "bob") as bob,
+    ):
+        own = await publish(client, server.url, "alice", "a1")
+        await broadcast(client, server.url, "to all")
+        got = await messages_until(alice, "to all")
+        assert [data for _, data in got] == ["a1", "to all"]
+        (live,) = await messages_until(bob, "to all")
+        assert live == got[1]  # one id for every user's copy
+        async with Stream(server.url, "carol") as carol:  # connects after it
+            mine = await publish(client, server.url, "carol", "c1")
+            assert await messages_until(carol, "c1") == [(mine, "c1")]
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait(10)
+    events_rows = await asyncio.to_thread(_events_users, tmp_path / "data" / "ssehub.db")
+    assert events_rows == ["alice", "", "carol"]  # the broadcast is one row (and presence)
+
+    restarted = start_server(store=store)
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        headers = {"Last-Event-ID": own}
+        async with Stream(restarted.url, "alice", headers=headers) as alice:
+            await broadcast(client, restarted.url, "after the restart")
+            again = await messages_until(alice, "after the restart")
+        assert [data for _, data in again] == ["to all", "after the restart"]
+        assert again[0] == got[1]
+        async with Stream(restarted.url, "carol", headers=headers) as carol:
+            await publish(client, restarted.url, "carol", "c2")
+            assert [data for _, data in await messages_until(carol, "c2")] == ["c1", "c2"]
+        async with Stream(restarted.url, "bob", headers={"Last-Event-ID": own}) as bob:
+            await publish(client, restarted.url, "bob", "b1")
+            assert [data for _, data in await messages_until(bob, "b1")] == ["to all", "b1"]
+
+
+def _events_users(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        query = "SELECT user_id FROM events WHERE user_id NOT LIKE '\x1f%' ORDER BY id"
+        found = conn.execute(query)
+        return [row[0] for row in found]

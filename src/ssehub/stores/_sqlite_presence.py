@@ -5,6 +5,7 @@ file per call would cost a round trip to the writer thread for every stream open
 closed. Instead `PresenceBuffer.set` returns at once: the change goes into the open
 batch, which is one job of the writer (one ``executemany`` in its next transaction),
 and reads look at the changes not yet committed first, so a caller sees its own writes.
+Sessions (`ssehub.stores._sqlite_sessions`) open and close in the same batches.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ _UPSERT = (
 )
 
 
+class _Batch:
+    __slots__ = ("sessions", "users")
+
+    def __init__(self) -> None:
+        self.users: dict[str, Row] = {}
+        self.sessions: dict[str, bool] = {}  # user -> open (True) or closed
+
+
 class PresenceBuffer:
     """Presence changes not yet committed, and the batch that will write them.
 
@@ -47,7 +56,7 @@ class PresenceBuffer:
         # The batch the writer has not taken yet; shared with the writer thread, which
         # takes it under the lock, so a change is either in the batch taken or in the next.
         self._lock = threading.Lock()
-        self._batch: dict[str, Row] | None = None
+        self._batch: _Batch | None = None
         # Loop side: per user, the newest change not yet known to be committed, and the
         # future of the job that writes it.
         self._unflushed: dict[str, tuple[Row, asyncio.Future[None]]] = {}
@@ -66,26 +75,43 @@ class PresenceBuffer:
             cursor, cursor_n = entry[0][3], entry[0][4]
         self._add((user_id, connections, time.time(), cursor, cursor_n))
 
+    def session(self, user_id: str, opened: bool) -> None:
+        """Open or close a user's session in the writer's next transaction.
+
+        Raises:
+            StoreUnavailable: the writer is not running or too far behind.
+        """
+        with self._lock:
+            batch, new = self._open_batch()
+            batch.sessions[user_id] = opened
+        if new:
+            self._submit(batch)
+
+    def _open_batch(self) -> tuple[_Batch, bool]:
+        # Under the lock: the batch the writer has not taken, and whether it is new.
+        if self._batch is None:
+            self._batch = _Batch()
+            return self._batch, True
+        return self._batch, False
+
     def _add(self, row: Row) -> None:
         user_id = row[0]
         with self._lock:
-            batch = self._batch
-            if batch is None:
-                batch = self._batch = {}
-                opened = True
-            else:
-                opened = False
-            batch[user_id] = row
-        if opened:
-            try:
-                self._future = self._writer.submit(lambda cur: self._write(cur, batch))
-            except StoreUnavailable:
-                with self._lock:
-                    self._batch = None
-                raise
-            self._future.add_done_callback(lambda done: self._written(done, batch))
+            batch, new = self._open_batch()
+            batch.users[user_id] = row
+        if new:
+            self._submit(batch)
         assert self._future is not None
         self._unflushed[user_id] = (row, self._future)
+
+    def _submit(self, batch: _Batch) -> None:
+        try:
+            self._future = self._writer.submit(lambda cur: self._write(cur, batch))
+        except StoreUnavailable:
+            with self._lock:
+                self._batch = None
+            raise
+        self._future.add_done_callback(lambda done: self._written(done, batch))
 
     def pending(self, user_id: str) -> Row | None:
         """The newest change of a user not yet known to be committed, if any."""
@@ -101,18 +127,23 @@ class PresenceBuffer:
 
     # -- writer thread -----------------------------------------------------------------
 
-    def _write(self, cur: sqlite3.Cursor, batch: dict[str, Row]) -> None:
+    def _write(self, cur: sqlite3.Cursor, batch: _Batch) -> None:
         with self._lock:
             if self._batch is batch:
                 self._batch = None  # later changes go into the next batch
-        cur.executemany(_UPSERT, list(batch.values()))
+        if batch.sessions:
+            self._writer.sessions.change(cur, batch.sessions)
+        if batch.users:
+            cur.executemany(_UPSERT, list(batch.users.values()))
 
     # -- back on the loop -----------------------------------------------------------------
 
-    def _written(self, done: asyncio.Future[None], batch: dict[str, Row]) -> None:
+    def _written(self, done: asyncio.Future[None], batch: _Batch) -> None:
+        # Sessions need no retry: the writer's memory of them is what counts, and a
+        # failed transaction makes it write them again (`Sessions.recover`).
         failed = done.cancelled() or done.exception() is not None
         retry: list[Row] = []
-        for user_id, row in batch.items():
+        for user_id, row in batch.users.items():
             entry = self._unflushed.get(user_id)
             if entry is None or entry[0] is not row:
                 continue  # a newer change is on its way

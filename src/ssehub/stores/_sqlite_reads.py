@@ -1,25 +1,59 @@
-"""The SQLite store's queries that read (on a reader thread, in one transaction each)."""
+"""The SQLite store's queries that read (on a reader thread, in one transaction each).
+
+A user's log is their own rows merged, by id, with the broadcasts inside their
+sessions (see `ssehub.stores._sqlite_sessions`).
+"""
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import time
 
 from ssehub.events import StoredEvent
 from ssehub.stores._sqlite_presence import Row
+from ssehub.stores._sqlite_sql import BROADCAST, MAX_ID
 from ssehub.stores.base import ReadResult, UserRecord
+
+# The broadcasts of user ?1 after id ?2: those in a session that ends after ?2. CROSS
+# JOIN keeps the user's few sessions the outer loop (not every kept broadcast).
+_IN_SESSIONS = (
+    "FROM sessions s CROSS JOIN events b ON b.user_id = '' AND b.id > max(s.from_id, ?2) "
+    f"AND b.id <= coalesce(s.to_id, {MAX_ID}) "
+    f"WHERE s.user_id = ?1 AND coalesce(s.to_id, {MAX_ID}) > ?2"
+)
+_BROADCASTS_AFTER = f"SELECT b.id, b.payload {_IN_SESSIONS} ORDER BY b.id LIMIT ?3"
+_COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_IN_SESSIONS}"
+
+# For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds.
+PENDING_SQL = (
+    "(SELECT count(*) FROM events e WHERE e.user_id = u.user_id "
+    "AND e.id > coalesce(u.cursor_n, 0)) + (SELECT count(*) FROM sessions s "
+    "CROSS JOIN events b ON b.user_id = '' AND b.id > max(s.from_id, coalesce(u.cursor_n, 0)) "
+    f"AND b.id <= coalesce(s.to_id, {MAX_ID}) WHERE s.user_id = u.user_id "
+    f"AND coalesce(s.to_id, {MAX_ID}) > coalesce(u.cursor_n, 0))"
+)
 
 
 def read_after(
     cur: sqlite3.Cursor, user_id: str, after: tuple[int, int] | None, limit: int
 ) -> ReadResult:
     """Up to ``limit`` events of a user after the key ``after`` (see `Store.read_after`)."""
+    sessions = cur.execute(
+        f"SELECT from_id, coalesce(to_id, {MAX_ID}) FROM sessions WHERE user_id = ? "
+        "ORDER BY from_id DESC",
+        (user_id,),
+    ).fetchall()
 
     def rows(after_n: int) -> list[StoredEvent]:
         found = cur.execute(
             "SELECT id, payload FROM events WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
             (user_id, after_n, limit),
-        )
+        ).fetchall()
+        if sessions:
+            shared = cur.execute(_BROADCASTS_AFTER, (user_id, after_n, limit)).fetchall()
+            if shared:
+                found = list(heapq.merge(found, shared))[:limit]
         return [StoredEvent(str(row_id), payload, (row_id, 0)) for row_id, payload in found]
 
     if after is None:
@@ -29,15 +63,49 @@ def read_after(
     ).fetchone()
     mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
     dropped_row = mark.fetchone()
-    dropped = dropped_row[0] if dropped_row else None
-    last = max(newest[0] if newest else 0, dropped or 0)
+    dropped = dropped_row[0] if dropped_row else 0
+    last = max(newest[0] if newest else 0, dropped)
+    if sessions:
+        shared_dropped = _broadcasts_dropped(cur, sessions)
+        dropped = max(dropped, shared_dropped)
+        last = max(last, shared_dropped, _newest_broadcast(cur, sessions))
     if last == 0:
         return ReadResult([], reset=True)
     if after > (last, 0):
         return ReadResult(rows(0), reset=True)
     # Our ids are "N"; any "N-M" with M > 0 falls between N and N + 1.
-    reset = dropped is not None and after < (dropped, 0)
+    reset = dropped > 0 and after < (dropped, 0)
     return ReadResult(rows(after[0]), reset=reset)
+
+
+def _newest_broadcast(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) -> int:
+    """The newest kept broadcast in these sessions (newest first), 0 if none."""
+    for from_id, to_id in sessions:
+        found = cur.execute(
+            "SELECT id FROM events WHERE user_id = ? AND id > ? AND id <= ? "
+            "ORDER BY id DESC LIMIT 1",
+            (BROADCAST, from_id, to_id),
+        ).fetchone()
+        if found:
+            return int(found[0])
+    return 0
+
+
+def _broadcasts_dropped(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) -> int:
+    """The newest id up to which retention may have dropped broadcasts in these sessions.
+
+    Exact when the newest broadcast dropped fell in one of them; otherwise the end of
+    the newest session that began before it (a broadcast in it may have been dropped).
+    """
+    mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (BROADCAST,))
+    found = mark.fetchone()
+    if not found:
+        return 0
+    dropped: int = found[0]
+    for from_id, to_id in sessions:
+        if from_id < dropped:
+            return min(to_id, dropped)
+    return 0
 
 
 def user_record(cur: sqlite3.Cursor, user_id: str, change: Row | None) -> UserRecord:
@@ -60,9 +128,10 @@ def user_record(cur: sqlite3.Cursor, user_id: str, change: Row | None) -> UserRe
 
 
 def count_after(cur: sqlite3.Cursor, user_id: str, after: int = 0) -> int:
-    """How many kept events of a user have an id after ``after``."""
+    """How many kept events of a user have an id after ``after``, both kinds."""
     found = cur.execute(
         "SELECT count(*) FROM events WHERE user_id = ? AND id > ?", (user_id, after)
     )
     count: int = found.fetchone()[0]
-    return count
+    shared: int = cur.execute(_COUNT_BROADCASTS_AFTER, (user_id, after)).fetchone()[0]
+    return count + shared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 try:
@@ -10,12 +11,27 @@ try:
 except ImportError:  # Windows: no advisory locks, the file is not guarded
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: broadcasts stored once, and ``sessions``
+
+BROADCAST = ""
+"""The ``user_id`` of a broadcast's one ``events`` row (a user id is never empty)."""
+
+MAX_ID = 2**63 - 1  # the largest rowid
+
+_MARK_DROPPED = (
+    "INSERT INTO trimmed (user_id, dropped_id) VALUES (?, ?) ON CONFLICT (user_id) "
+    "DO UPDATE SET dropped_id = max(dropped_id, excluded.dropped_id)"
+)
 
 # ``events``: every kept event; ``id`` is the event id, so AUTOINCREMENT keeps ids from
 # being reused after the newest rows are deleted. ``created`` never decreases in id order.
-# ``trimmed``: per user, the newest id retention dropped (``reset`` needs it).
+# A broadcast is one row with user_id '' (`BROADCAST`); older files hold a row per user.
+# ``trimmed``: per user, the newest id retention dropped (``reset`` needs it); the row
+# of '' is the newest broadcast dropped.
 # ``users``: presence of every user who ever opened a stream.
+# ``sessions``: when a user had streams open, as ids: a user's broadcasts are those
+# with ``from_id < id <= to_id`` (``to_id`` NULL: still open). Written only for the
+# sessions a broadcast fell in.
 # ``webhooks``: webhook deliveries not yet received (the outbox), by when they are due.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -36,6 +52,12 @@ CREATE TABLE IF NOT EXISTS users (
     cursor TEXT,
     cursor_n INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    user_id TEXT NOT NULL,
+    from_id INTEGER NOT NULL,
+    to_id INTEGER,
+    PRIMARY KEY (user_id, from_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS webhooks (
     id TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -45,6 +67,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due);
 """
+
+
+def mark_dropped(cur: sqlite3.Cursor, marks: list[tuple[str, int]]) -> None:
+    """Record ``(user_id, id)``: retention dropped that user's events up to ``id``."""
+    cur.executemany(_MARK_DROPPED, marks)
 
 
 def lock_file(path: Path) -> int | None:

@@ -25,7 +25,8 @@ from typing import Any
 from ssehub.events import StoredEvent
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._sqlite_checkpoint import Checkpointer
-from ssehub.stores._sqlite_sql import SCHEMA, SCHEMA_VERSION
+from ssehub.stores._sqlite_sessions import Sessions
+from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION, mark_dropped
 from ssehub.stores.base import Retention
 
 logger = logging.getLogger("ssehub.stores.sqlite")
@@ -88,6 +89,7 @@ class Writer:
         # Thread state: kept-event count and oldest ``created`` per user (an LRU).
         self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._last_created = 0.0
+        self.sessions = Sessions()  # thread state: touch only in jobs
         self._checkpointer = Checkpointer(path, synchronous=synchronous)
 
     @property
@@ -140,6 +142,15 @@ class Writer:
         ``deliver`` hears of them first. See `submit`.
         """
         return self.submit(lambda cur: self._insert(cur, items), size=len(items), notify=True)
+
+    def broadcast(self, user_ids: list[str], payload: bytes) -> asyncio.Future[list[StoredEvent]]:
+        """Queue a broadcast to these users; the future gets an event per user.
+
+        The payload is written once; users with an open session (see `Sessions`) all
+        get the same event, a user without one a row of their own. ``deliver`` hears
+        of every user's event first.
+        """
+        return self.submit(lambda cur: self._broadcast(cur, user_ids, payload), notify=True)
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -202,6 +213,7 @@ class Writer:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 # One process owns the file: streams recorded as open died with it.
                 conn.execute("UPDATE users SET connections = 0 WHERE connections > 0")
+                self.sessions.load(conn.cursor())
                 newest = conn.execute("SELECT created FROM events ORDER BY id DESC LIMIT 1")
                 row = newest.fetchone()
                 self._last_created = row[0] if row else 0.0
@@ -216,6 +228,8 @@ class Writer:
         results: list[Any] = []
         try:
             cur.execute("BEGIN IMMEDIATE")
+            if self.sessions.dirty:
+                self.sessions.recover(cur)
             for job in batch:
                 results.append(job.fn(cur))
             cur.execute("COMMIT")
@@ -223,6 +237,7 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             self._counts.clear()  # it may count rows that were rolled back
+            self.sessions.dirty = True  # and sessions may have changed in memory only
             if isinstance(exc, sqlite3.Error):
                 logger.error("SQLite write failed: %s", exc)
                 exc = StoreUnavailable(f"SQLite write failed: {exc}")
@@ -268,6 +283,7 @@ class Writer:
         )
         # One writer, one transaction, AUTOINCREMENT: the rows got consecutive ids.
         (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
+        self.sessions.last_id = last
         event_id = last - len(items)
         for user_id, payload in items:
             event_id += 1
@@ -276,6 +292,21 @@ class Writer:
         for user_id, count in added.items():
             self._trim_user(cur, user_id, count, now)
         return stored
+
+    def _broadcast(self, cur: sqlite3.Cursor, user_ids: list[str], payload: bytes) -> Appended:
+        now = self._last_created = max(time.time(), self._last_created)
+        cur.execute(
+            "INSERT INTO events (user_id, created, payload) VALUES (?, ?, ?)",
+            (BROADCAST, now, payload),
+        )
+        event_id = self.sessions.last_id = cur.lastrowid or 0
+        covered, alone = self.sessions.broadcast(cur, event_id, user_ids)
+        self._trim_user(cur, BROADCAST, 1, now)
+        event = StoredEvent(str(event_id), payload, (event_id, 0))
+        appended = [(user_id, event) for user_id in covered]
+        if alone:  # not watched (yet, or any more): a row each, as before
+            appended += self._insert(cur, [(user_id, payload) for user_id in alone])
+        return appended
 
     def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
         cached = self._counts.pop(user_id, None)
@@ -306,19 +337,11 @@ class Writer:
                 cur.execute(
                     "DELETE FROM events WHERE user_id = ? AND id <= ?", (user_id, last_dropped)
                 )
-                self._mark_dropped(cur, [(user_id, last_dropped)])
+                mark_dropped(cur, [(user_id, last_dropped)])
                 count -= dropped
         self._counts[user_id] = (count, oldest)
         if len(self._counts) > _COUNT_CACHE:
             self._counts.popitem(last=False)
-
-    @staticmethod
-    def _mark_dropped(cur: sqlite3.Cursor, marks: list[tuple[str, int]]) -> None:
-        cur.executemany(
-            "INSERT INTO trimmed (user_id, dropped_id) VALUES (?, ?) ON CONFLICT (user_id) "
-            "DO UPDATE SET dropped_id = max(dropped_id, excluded.dropped_id)",
-            marks,
-        )
 
     def sweep_chunk(self, cur: sqlite3.Cursor) -> int:
         """Delete up to `SWEEP_CHUNK` expired events; return how many (a job)."""
@@ -337,10 +360,12 @@ class Writer:
         rows.close()
         if boundary is not None:
             cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
-            self._mark_dropped(cur, list(newest.items()))
+            mark_dropped(cur, list(newest.items()))
             for user_id in newest:
                 self._counts.pop(user_id, None)
-            # Forget users nobody knows who have nothing kept any more, as MemoryStore does.
+            # Forget users nobody knows who have nothing kept any more, as MemoryStore does
+            # (the mark of broadcasts is kept: sessions need it).
+            newest.pop(BROADCAST, None)
             cur.executemany(
                 "DELETE FROM trimmed WHERE user_id = ?1 "
                 "AND NOT EXISTS (SELECT 1 FROM users WHERE user_id = ?1) "

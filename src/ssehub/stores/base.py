@@ -104,6 +104,9 @@ class Store(abc.ABC):
 
     #: Whether several processes may share this store (and so run as one hub).
     shared: bool = False
+    #: Whether `append_to_all` writes the payload once whatever the number of users:
+    #: the hub then passes every user in one call instead of in chunks.
+    broadcast_once: bool = False
 
     def __init__(self, *, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
@@ -136,8 +139,10 @@ class Store(abc.ABC):
     async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
         """Append one payload to each user's log (a broadcast); return how many.
 
-        Each user gets the payload once, as with `append_many`. A store that can give
-        every copy the same id overrides this, so the frame is built once for all.
+        Each user gets the payload once, as with `append_many`, and no user not listed
+        gets it. A store that can give every copy the same id overrides this, so the
+        frame is built once for all (the listener hears the same `StoredEvent` for
+        each user); one that also stores it once sets `broadcast_once`.
         """
         return len(await self.append_many([(user_id, payload) for user_id in user_ids]))
 

@@ -24,11 +24,13 @@ from ssehub._tasks import cancel_and_wait
 from ssehub.events import StoredEvent, event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._local import LocalFanout
+from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores._sqlite_outbox import SqliteOutbox
 from ssehub.stores._sqlite_presence import PresenceBuffer
 from ssehub.stores._sqlite_readers import Readers
-from ssehub.stores._sqlite_reads import read_after, user_record
-from ssehub.stores._sqlite_sql import lock_file
+from ssehub.stores._sqlite_reads import PENDING_SQL, read_after, user_record
+from ssehub.stores._sqlite_sessions import Sessions
+from ssehub.stores._sqlite_sql import MAX_ID, lock_file
 from ssehub.stores._sqlite_writer import SWEEP_CHUNK, Writer
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
 
@@ -39,7 +41,6 @@ T = TypeVar("T")
 SYNCHRONOUS = ("full", "normal", "off")
 _PREFETCH_LIMIT = 1000  # events read with the cursor of a user whose stream opens
 _WANTED, _READING, _STALE = object(), object(), object()
-_MAX_ROWID = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class SqliteStore(LocalFanout):
     """
 
     shared = False
+    broadcast_once = True
 
     def __init__(
         self,
@@ -189,6 +191,14 @@ class SqliteStore(LocalFanout):
         events: list[StoredEvent] = await self._writer.append(list(items))
         return events
 
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
+        # One row for the users with a stream open (a session), so one event and one
+        # frame for all of them; a row of their own for the others.
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        events: list[StoredEvent] = await self._writer.broadcast(list(user_ids), payload)
+        return len(events)
+
     def _deliver(self, appended: list[tuple[str, StoredEvent]]) -> None:
         prefetch = self._prefetch
         if prefetch:  # what was read before this commit may miss it: read again
@@ -216,6 +226,7 @@ class SqliteStore(LocalFanout):
             dropped: int = await self._submit(self._writer.sweep_chunk)
             total += dropped
             if dropped < SWEEP_CHUNK:
+                await self._submit(Sessions.prune)
                 return total
 
     async def _sweep_forever(self) -> None:
@@ -252,7 +263,7 @@ class SqliteStore(LocalFanout):
         # (one executemany for every change waiting), and reads see it already.
         if self._closed:
             raise StoreUnavailable("the SQLite store is closed")
-        cursor_n = min(event_key(cursor)[0], _MAX_ROWID) if cursor is not None else None
+        cursor_n = min(event_key(cursor)[0], MAX_ID) if cursor is not None else None
         self._presence.set(user_id, connections, cursor, cursor_n)
 
     async def refresh_presence(self, user_ids: Sequence[str]) -> None:
@@ -262,8 +273,7 @@ class SqliteStore(LocalFanout):
 
     _USER_COLUMNS = (
         "u.user_id, u.connections, u.last_seen, u.cursor, CASE WHEN u.connections > 0 "
-        "THEN 0 ELSE (SELECT count(*) FROM events e WHERE e.user_id = u.user_id "
-        "AND e.id > coalesce(u.cursor_n, 0)) END"
+        f"THEN 0 ELSE {PENDING_SQL} END"
     )
 
     @staticmethod
@@ -277,10 +287,17 @@ class SqliteStore(LocalFanout):
         # A user's first stream on this node: the hub reads the cursor next and then the
         # history after it, so the read of the cursor reads that history too (one round
         # trip to a reader instead of two for every stream opened without Last-Event-ID).
+        # It also opens the user's session: broadcasts from now on are theirs.
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        if user_id != PRESENCE_LOG:
+            self._presence.session(user_id, True)
         self._prefetch[user_id] = _WANTED
 
     async def unwatch(self, user_id: str) -> None:
         self._prefetch.pop(user_id, None)
+        if user_id != PRESENCE_LOG and not self._closed:
+            self._presence.session(user_id, False)
 
     async def get_user(self, user_id: str) -> UserRecord:
         change = self._presence.pending(user_id)
