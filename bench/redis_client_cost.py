@@ -13,6 +13,11 @@ connection subscribed to and left in its socket; then read one ``read_response``
 call each (redis-py's way) and with the store's `replies_reader`, best of
 ``--repeats``, per message.
 
+Calls: Python function calls (cProfile's count) per connect, for ``--connects``
+streams opened 256 at a time, and per delivery, for 20,000 messages published in
+batches of 100 to those streams: the hub's and the store's work together, and a
+figure that the machine's load does not move.
+
 CPU time of this process (``time.process_time``): steadier than wall-clock time on a
 busy machine. The Redis database named by ``--redis`` is flushed.
 """
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import time
 import uuid
 from typing import Any
@@ -131,6 +138,37 @@ async def reading_once(url: str, batched: bool) -> float:
     return spent
 
 
+def total_calls(profile: cProfile.Profile) -> int:
+    count: int = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+    return count
+
+
+async def calls(url: str, connects: int) -> None:
+    """Python function calls per connect and per delivery."""
+    hub = Hub(open_store(url), keepalive=30.0)
+    async with hub.running():
+        await asyncio.gather(*(hub.open(f"warm{n}", Sink()) for n in range(50)))
+        await asyncio.sleep(0.1)
+        profile = cProfile.Profile()
+        profile.enable()
+        for start in range(0, connects, 256):
+            numbers = range(start, min(connects, start + 256))
+            await asyncio.gather(*(hub.open(f"u{n}", Sink()) for n in numbers))
+        await asyncio.sleep(0.1)  # presence writes gathered for 20 ms
+        profile.disable()
+        print(f"calls per connect: {total_calls(profile) / connects:.0f}")
+        before = hub.stats.delivered
+        profile = cProfile.Profile()
+        profile.enable()
+        for batch in range(MESSAGES // 100):
+            users = [f"u{(batch * 100 + i) % connects}" for i in range(100)]
+            await hub.send_encoded([(user, hub.encode("x" * 100)) for user in users])
+        while hub.stats.delivered - before < MESSAGES:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)  # delivered through pub/sub, a little later
+        profile.disable()
+        print(f"calls per delivery: {total_calls(profile) / MESSAGES:.1f}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
@@ -143,7 +181,11 @@ async def main() -> None:
         spent = min([await reading_once(args.redis, batched) for _ in range(args.repeats)])
         print(f"reading, per pub/sub message: {label} {spent / MESSAGES * 1e6:.2f} µs")
     redis.Redis.from_url(args.redis).flushdb()
+    await calls(args.redis, args.connects)
+    redis.Redis.from_url(args.redis).flushdb()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import uvloop
+
+    uvloop.run(main())  # the loop `ssehub serve` runs on

@@ -86,3 +86,20 @@ async def test_a_new_stream_starts_after_the_cursor_and_deliveries_are_remembere
     await ledger.record_delivered({"cy": second.id}, keep=60.0)
     await ledger.record_delivered({"cy": first.id}, keep=60.0)  # only moves forward
     assert await ledger.delivered(["cy", "dee"]) == [second.id, None]
+
+
+async def test_streams_of_many_users_opening_at_once_each_start_after_their_own_cursor(
+    store: Store,
+) -> None:
+    # Odd ids: a store that derives a user from a key or splits joined values by a
+    # separator would mix them up.
+    users = ["plain", "ünïcødé", "a b", "x}y", "{z}", "c:olon", "\U0001f600", "p:s:{q}"]
+    ledger = ledger_for(store)
+    cursors: dict[str, str | None] = {}
+    for number, user in enumerate(users):
+        events = [await store.append(user, b"data: %d\n" % n) for n in range(number % 3 + 1)]
+        cursors[user] = events[0].id if number % 2 else None
+    await store.set_presence_many([(user, 0, cursor) for user, cursor in cursors.items()])
+    asked = [*users, users[1]]  # one user twice
+    starts = await asyncio.gather(*(ledger.start_after(user) for user in asked))
+    assert starts == [cursors[user] for user in asked]

@@ -6,8 +6,10 @@ routes it to the master that owns the slot (and answers ``MOVED``/``ASK`` while 
 slot moves); names of the other keys of that slot are built from the hash tags the
 script is given. The presence scripts declare every key they write instead (see
 ``RedisStore._presence_keys``): a presence written through ``ASK`` while its slot
-moves must not leave a second copy behind. ``ARGV[1]`` of every per-user script is
-the prefix with its colon.
+moves must not leave a second copy behind. ``OPEN`` and ``NEWEST`` serve many users
+of one slot in one call: they declare each user's stream, and take each user's tag
+from its stream's name, so a call passes at most one value per user.
+``ARGV[1]`` of every per-user script is the prefix with its colon.
 ``pub`` is ``PUBLISH`` on one server and ``SPUBLISH`` (sharded) on a cluster.
 """
 
@@ -213,36 +215,58 @@ return {reset, rows}
 """
 )
 
-# KEYS[1]: the user's stream. ARGV: prefix, tag, node, limit, maxlen, max_age_ms,
-# ttl_ms. Where a stream of the user starts when this node has none of its streams:
-# after the user's newest event if a stream is open on another node (its count there
-# has not missed its deadline), else after the user's cursor. Returns {start (false
+# KEYS: the streams of the users of the call (one slot on a cluster; a user may come
+# twice). ARGV: prefix, node, maxlen, max_age_ms, ttl_ms, then one limit per key. Where
+# a stream of each user starts when this node has none of its streams: after the
+# user's newest event if a stream is open on another node (its count there has not
+# missed its deadline), else after the user's cursor. Returns, per key, {start (false
 # for none), reset, rows}: with a limit above 0, the first page after the start, as
-# READ gives it (so opening a stream costs one round trip, not three).
+# READ gives it (so opening a stream costs one round trip, not three). The tag of each
+# user is taken from its key, so the call passes one value per user.
 OPEN: Final = (
     _HELPERS
     + """
-local p, t, node, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local counts = redis.call('HGETALL', k(p, 'p', t))
+local p, node = ARGV[1], ARGV[2]
+local maxlen, max_age_ms, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
-local start = false
-for i = 1, #counts, 2 do
-  if counts[i] ~= node then
-    local count, deadline = string.match(counts[i + 1], '^(%d+) (%d+)$')
-    if deadline and tonumber(deadline) > now and tonumber(count) > 0 then
-      local newest = redis.call('XREVRANGE', k(p, 's', t), '+', '-', 'COUNT', 1)
-      if #newest > 0 then start = newest[1][1] end
-      break
+local out = {}
+for i, stream in ipairs(KEYS) do
+  local t = string.sub(stream, #p + 4, -2)
+  local limit = tonumber(ARGV[5 + i])
+  local counts = redis.call('HGETALL', k(p, 'p', t))
+  local start = false
+  for j = 1, #counts, 2 do
+    if counts[j] ~= node then
+      local count, deadline = string.match(counts[j + 1], '^(%d+) (%d+)$')
+      if deadline and tonumber(deadline) > now and tonumber(count) > 0 then
+        local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+        if #newest > 0 then start = newest[1][1] end
+        break
+      end
     end
   end
+  if not start then start = redis.call('HGET', k(p, 'u', t), 'cursor') end
+  if limit == 0 then
+    out[i] = {start, 0, {}}
+  else
+    local reset, rows = read_page(p, t, start or '', limit, maxlen, max_age_ms, ttl)
+    out[i] = {start, reset, rows}
+  end
 end
-if not start then start = redis.call('HGET', k(p, 'u', t), 'cursor') end
-if limit == 0 then return {start, 0, {}} end
-local reset, rows = read_page(
-  p, t, start or '', limit, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
-return {start, reset, rows}
+return out
 """
 )
+
+# KEYS: the streams of the users of the call (one slot on a cluster). Returns the id of
+# each stream's newest event (false for an empty or missing stream).
+NEWEST: Final = """
+local out = {}
+for i, stream in ipairs(KEYS) do
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #newest > 0 then out[i] = newest[1][1] else out[i] = false end
+end
+return out
+"""
 
 # KEYS: the presence keys (p, u) of every user of the call, which it writes. ARGV:
 # prefix, node, now, ttl_ms, then tag, count, cursor ('' to keep) triples. A node's

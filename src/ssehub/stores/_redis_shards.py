@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ssehub._tasks import cancel_and_wait
@@ -45,6 +45,7 @@ class ShardedSubscriber:
         reconnect_max: longest pause between reconnection attempts, in seconds.
         ping_interval: seconds between pings, and between reads of the slot map.
         timeout: seconds to wait for a connection or a subscription.
+        newest: reads the newest id of each of a list of users (see `Subscriber`).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ShardedSubscriber:
         reconnect_max: float,
         ping_interval: float,
         timeout: float,
+        newest: Callable[[list[str]], Awaitable[list[Any]]],
     ) -> None:
         self._listener: StoreListener | None = None
         self._client = client
@@ -68,6 +70,7 @@ class ShardedSubscriber:
             "reconnect_max": reconnect_max,
             "ping_interval": ping_interval,
             "timeout": timeout,
+            "newest": newest,
         }
         self._interval = ping_interval
         self._timeout = timeout

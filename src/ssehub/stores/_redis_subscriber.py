@@ -110,6 +110,8 @@ class Subscriber:
         reconnect_max: longest pause between reconnection attempts, in seconds.
         ping_interval: seconds between pings; three silent intervals mean a lost link.
         timeout: seconds to wait for a connection or a subscription to be confirmed.
+        newest: the id of the newest event of each of a list of users (None for
+            none), read in one go (the store's ``NEWEST`` script).
         connect: makes the connection (default: one like the client's pooled ones).
         sharded: use sharded pub/sub (``SSUBSCRIBE``; one slot per command).
         broadcasts: subscribe to the broadcast and control channels (one subscriber of
@@ -129,6 +131,7 @@ class Subscriber:
         reconnect_max: float,
         ping_interval: float,
         timeout: float,
+        newest: Callable[[list[str]], Awaitable[list[Any]]],
         connect: Callable[[], AbstractConnection] | None = None,
         sharded: bool = False,
         broadcasts: bool = True,
@@ -170,7 +173,7 @@ class Subscriber:
         self._outgoing: list[list[Any]] = []
         self._outgoing_conn: AbstractConnection | None = None
         self._sending: set[asyncio.Task[None]] = set()
-        self._newest = StepBatch[str, Any](self._read_newest)
+        self._newest = StepBatch[str, Any](newest)
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -225,7 +228,7 @@ class Subscriber:
                 newest: Any = await self._newest(user_id)
             except self._errors as exc:
                 raise StoreUnavailable(f"redis: {exc or type(exc).__name__}") from exc
-            start = parse_id(newest[0][0]) if newest else None
+            start = parse_id(newest) if newest else None
         async with self._sub_lock:
             conn = self._conn
             if conn is None:
@@ -257,16 +260,6 @@ class Subscriber:
                 held = self._held.pop(user_id, [])
             for event_id, payload in held:
                 self._deliver(user_id, event_id, payload)
-
-    async def _read_newest(self, user_ids: list[str]) -> list[Any]:
-        """The newest entry of each user's stream, in one pipeline."""
-        if len(user_ids) == 1:
-            return [await self._client.xrevrange(self._keys.stream(user_ids[0]), count=1)]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.xrevrange(self._keys.stream(user_id), count=1)
-            answers: list[Any] = await pipe.execute(raise_on_error=False)
-        return answers
 
     def _abandon(self, channel: bytes, future: asyncio.Future[None], user_id: str) -> None:
         waiting = self._pending.get(channel, [])

@@ -51,6 +51,7 @@ _MIN_TTL: Final = 3.0  # a busy event loop must not make live users flap
 _RETRY_RECORD_MS: Final = 60_000  # how long an append without a client key is remembered
 _USERS_PAGE: Final = 1000
 _PREFETCH: Final = 1000  # events read with a new stream's start (see `start_after`)
+_OPEN_CHUNK: Final = 100  # streams per OPEN call: each may read a page of history
 
 
 class RedisStore(Store):
@@ -118,6 +119,7 @@ class RedisStore(Store):
                 "APPEND",
                 "APPEND_ALL",
                 "BROADCAST",
+                "NEWEST",
                 "OPEN",
                 "READ",
                 "SET_PRESENCE",
@@ -132,7 +134,7 @@ class RedisStore(Store):
         self._prefetch: dict[str, tuple[str | None, ReadResult]] = {}
         # The reads of streams opening in the same loop step go out as one pipeline.
         self._reads = StepBatch[Call, Any](lambda calls: self._scripted_each("READ", calls))
-        self._opens = StepBatch[Call, Any](lambda calls: self._scripted_each("OPEN", calls))
+        self._opens = StepBatch[tuple[str, int], Any](self._open_many)
         self._local_counts: dict[str, int] = {}
         self._subscriber = self._new_subscriber(
             {
@@ -142,6 +144,7 @@ class RedisStore(Store):
                 "reconnect_max": reconnect_max,
                 "ping_interval": ping_interval,
                 "timeout": timeout,
+                "newest": self._newest_many,
             }
         )
 
@@ -270,13 +273,59 @@ class RedisStore(Store):
         # spread over many appends; reads trim exactly.
         return [self._p, maxlen, max(10, maxlen // 10), self._stream_ttl_ms]
 
-    def _chunks(self, user_ids: Sequence[str]) -> list[list[int]]:
-        """Positions of users, in script calls of at most `_CHUNK` users of one slot."""
+    def _chunks(self, user_ids: Sequence[str], size: int = _CHUNK) -> list[list[int]]:
+        """Positions of users, in script calls of at most ``size`` users of one slot."""
         return [
-            group[start : start + _CHUNK]
+            group[start : start + size]
             for group in self._groups(user_ids)
-            for start in range(0, len(group), _CHUNK)
+            for start in range(0, len(group), size)
         ]
+
+    async def _per_user(
+        self,
+        name: str,
+        user_ids: Sequence[str],
+        head: Sequence[Any],
+        each: Sequence[Any] = (),
+        size: int = _CHUNK,
+    ) -> list[Any]:
+        """Run a script whose ``KEYS`` are the users' streams; its answer for each user.
+
+        One call per chunk of at most ``size`` users of one slot, with the arguments
+        ``head`` and then, if given, ``each``'s value for each user of the chunk. A call
+        that failed gives its error to each of its users.
+        """
+        chunks = self._chunks(user_ids, size)
+        calls: list[Call] = [
+            (
+                [self._keys.stream(user_ids[index]) for index in chunk],
+                [*head, *(each[index] for index in chunk)] if each else [*head],
+            )
+            for chunk in chunks
+        ]
+        answers: list[Any] = [None] * len(user_ids)
+        for chunk, answer in zip(chunks, await self._scripted_each(name, calls), strict=True):
+            if isinstance(answer, BaseException):
+                for index in chunk:
+                    answers[index] = answer
+            else:
+                for index, one in zip(chunk, answer, strict=True):
+                    answers[index] = one
+        return answers
+
+    async def _newest_many(self, user_ids: list[str]) -> list[Any]:
+        """The id of each user's newest event (None for none), for the subscriber."""
+        return await self._per_user("NEWEST", user_ids, ())
+
+    async def _open_many(self, requests: list[tuple[str, int]]) -> list[Any]:
+        """The `start_after` answers of streams opening at once (`OPEN`)."""
+        head = [
+            self._p, self._node,
+            self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
+        ]  # fmt: skip
+        user_ids = [user_id for user_id, _ in requests]
+        limits = [limit for _, limit in requests]
+        return await self._per_user("OPEN", user_ids, head, limits, _OPEN_CHUNK)
 
     async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredEvent]:
         intent = idempotency.current()
@@ -354,12 +403,8 @@ class RedisStore(Store):
         after it misses nothing.
         """
         prefetch = user_id in self._live
-        args: list[str | int] = [
-            self._p, tag(user_id), self._node, _PREFETCH if prefetch else 0,
-            self.retention.max_events, self._max_age_ms, self._stream_ttl_ms,
-        ]  # fmt: skip
         async with self._errors_as_unavailable():
-            raw, reset, rows = await self._opens(([self._keys.stream(user_id)], args))
+            raw, reset, rows = await self._opens((user_id, _PREFETCH if prefetch else 0))
         start = raw.decode() if raw is not None else None
         if prefetch and user_id in self._live:
             self._prefetch[user_id] = (start, self._page(reset, rows))
