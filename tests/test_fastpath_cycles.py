@@ -21,7 +21,7 @@ from ssehub.connection import Connection
 from ssehub.fast import EntryProtocol, StreamProtocol
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
-from tests.conftest import ReadyServer, free_port
+from tests.conftest import free_port, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -33,16 +33,8 @@ SERVER_TYPES = (EntryProtocol, StreamProtocol, Connection)
 async def fast_server(port: int) -> AsyncIterator[Hub]:
     settings = Settings(store="memory://", port=port, keepalive=60)
     app = create_app(settings)
-    server = ReadyServer(uvicorn_config(settings, app))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            await server.ready.wait()
+    async with serving(uvicorn_config(settings, app)):
         yield app.state.hub
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(10):
-            await task
 
 
 @contextlib.contextmanager

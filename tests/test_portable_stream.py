@@ -23,25 +23,11 @@ from ssehub.app import create_app
 from ssehub.front.http1 import HttpProtocol
 from ssehub.server import uvicorn_config
 from ssehub.settings import Settings
-from tests.conftest import ReadyServer, free_port
+from tests.conftest import free_port, serving
 
 pytestmark = pytest.mark.anyio
 
 STREAMS = 3
-
-
-@contextlib.asynccontextmanager
-async def serving(config: uvicorn.Config) -> AsyncIterator[ReadyServer]:
-    server = ReadyServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            await server.ready.wait()
-        yield server
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(10):
-            await task
 
 
 def served_app(port: int) -> tuple[uvicorn.Config, Hub]:
