@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+import hypothesis
 import pytest
 
 from ssehub.presence import (
@@ -37,6 +38,30 @@ def test_rfc3339_parses_back_to_the_same_millisecond() -> None:
     text = rfc3339(1_700_000_000.25)
     parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     assert parsed.timestamp() == pytest.approx(1_700_000_000.25)
+
+
+@pytest.mark.parametrize(
+    "at",
+    [0.0, 0.9999995, 0.9999994, 1764518399.9999996, 1764518400.0005, 1764518400.9995, -0.5],
+)
+def test_rfc3339_is_the_text_of_the_datetime_at_every_edge(at: float) -> None:
+    assert rfc3339(at) == as_datetime_writes_it(at)
+
+
+@hypothesis.given(hypothesis.strategies.floats(min_value=0, max_value=4e9))
+def test_rfc3339_is_the_text_of_the_datetime_for_any_time(at: float) -> None:
+    # Formatted once per second: the same second from another call, or the next one,
+    # must not come back from the cache in place of this one.
+    assert [rfc3339(at), rfc3339(at + 1), rfc3339(at)] == [
+        as_datetime_writes_it(at),
+        as_datetime_writes_it(at + 1),
+        as_datetime_writes_it(at),
+    ]
+
+
+def as_datetime_writes_it(at: float) -> str:
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def test_a_failing_listener_does_not_cost_the_others_the_event(
