@@ -335,10 +335,12 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
     try:
         _, opened, _, _ = sub.ask("wait_open")
         sub.records()
+        cpu = cpu_seconds(proc.pid)
         accepted, _, errors = publish(url, "broadcast", sizes.broadcasts,
                                       sizes.broadcast_interval_ms)  # fmt: skip
         expected = int(opened) * accepted
         sub.wait_for(expected, stall=10.0, limit=60.0)
+        cpu = cpu_seconds(proc.pid) - cpu
         records = sub.records()
     finally:
         sub.close()
@@ -349,7 +351,8 @@ def broadcast(proc: subprocess.Popen[bytes], url: str, sizes: Sizes) -> dict[str
     waits = [(received - sent) / 1e6 for sent, received in last.items()]
     return {"users": int(opened), "broadcasts": accepted, "errors": errors,
             "lost": expected - len(records), "last_user_p50_ms": quantile(waits, 0.5),
-            "last_user_p99_ms": quantile(waits, 0.99)}  # fmt: skip
+            "last_user_p99_ms": quantile(waits, 0.99),
+            "cpu_us_per_delivery": 1e6 * cpu / max(1, len(records))}  # fmt: skip
 
 
 def send_to_each(url: str, users: range, deadline: float) -> tuple[int, int]:
@@ -479,6 +482,7 @@ ROWS = [
     ("steady: lost", ("unicast", "steady", "lost"), False),
     ("broadcast: last user p50 ms", ("broadcast", "last_user_p50_ms"), False),
     ("broadcast: last user p99 ms", ("broadcast", "last_user_p99_ms"), False),
+    ("broadcast: CPU µs/delivery", ("broadcast", "cpu_us_per_delivery"), False),
     ("broadcast: lost", ("broadcast", "lost"), False),
     ("restart: hub down s", ("restart", "hub_down_s"), False),
     ("restart: hub exit s", ("restart", "hub_exit_s"), False),
