@@ -11,9 +11,11 @@ import pytest
 
 from ssehub.stores import Store
 from ssehub.stores._presence import (
+    EMIT_CHUNK,
     PRESENCE_LOG,
     USER_OFFLINE,
     USER_ONLINE,
+    LocalLedger,
     PresenceLedger,
     ledger_for,
     rfc3339,
@@ -103,3 +105,23 @@ async def test_streams_of_many_users_opening_at_once_each_start_after_their_own_
     asked = [*users, users[1]]  # one user twice
     starts = await asyncio.gather(*(ledger.start_after(user) for user in asked))
     assert starts == [cursors[user] for user in asked]
+
+
+async def test_a_burst_of_transitions_lets_the_event_loop_run_between_chunks(
+    store: Store,
+) -> None:
+    # 10,000 users going offline together must not hold the loop (and every stream's
+    # deliveries) for the whole burst: the ledger appends them in chunks.
+    ledger = ledger_for(store)
+    if not isinstance(ledger, LocalLedger):
+        pytest.skip("a shared ledger waits on its server for each call, and emits 500 a call")
+    users = 3 * EMIT_CHUNK + 1
+    at, text = now()
+    await ledger.opened([(f"b{i}", at, text) for i in range(users)])
+    await ledger.closed([(f"b{i}", at, text) for i in range(users)], 0.0)
+    ran_during: list[bool] = []
+    asyncio.get_running_loop().call_soon(ran_during.append, True)
+    went = await ledger.due(0.0)
+    assert len(went) == users
+    assert [e.user_id for e in went] == [f"b{i}" for i in range(users)]
+    assert ran_during == [True]  # the callback ran before `due` returned

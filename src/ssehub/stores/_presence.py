@@ -15,6 +15,7 @@ that is offers its own through `ledger_for`.
 from __future__ import annotations
 
 import abc
+import asyncio
 import collections
 import datetime
 import functools
@@ -29,6 +30,7 @@ from ssehub.events import event_key
 from ssehub.stores.base import Store
 
 PRESENCE_LOG: Final = "\x1fpresence"
+EMIT_CHUNK: Final = 256  # transitions a local ledger appends per event-loop step
 
 USER_ONLINE: Final = "user.online"
 USER_OFFLINE: Final = "user.offline"
@@ -141,10 +143,16 @@ class LocalLedger(PresenceLedger):
         self._delivered: dict[str, tuple[tuple[int, int], str, float]] = {}
 
     async def _emit(self, type_: str, items: list[tuple[str, float, str]]) -> list[Emitted]:
-        if not items:
-            return []
-        ids = await self.append([log_payload(type_, user, text) for user, _, text in items])
-        return [Emitted(i, type_, user, at) for i, (user, at, _) in zip(ids, items, strict=True)]
+        emitted: list[Emitted] = []
+        for start in range(0, len(items), EMIT_CHUNK):
+            if start:
+                # A burst (10,000 users going offline together) is 10 us a user: the
+                # streams' deliveries go in between the chunks, not after all of them.
+                await asyncio.sleep(0)
+            chunk = items[start : start + EMIT_CHUNK]
+            ids = await self.append([log_payload(type_, user, text) for user, _, text in chunk])
+            emitted += (Emitted(i, type_, u, at) for i, (u, at, _) in zip(ids, chunk, strict=True))
+        return emitted
 
     async def opened(self, opens: Sequence[tuple[str, float, str]]) -> list[Emitted]:
         went: list[tuple[str, float, str]] = []
