@@ -48,7 +48,7 @@ async def test_a_user_on_two_nodes_is_online_once_and_offline_once_both_closed(
             await on_a.close()  # one node still holds a stream: still online
             async with Stream(a.url, "alice") as reload:  # and a reload on the other
                 await greeted(reload)
-        _, offline = await feed.presence()
+        _, offline = await feed.presence(timeout=20.0)  # a grace, a tick, a loaded machine
         assert (offline["type"], offline["user_id"]) == ("user.offline", "alice")
         async with Stream(a.url, "alice") as back:
             await greeted(back)

@@ -57,7 +57,7 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
     await store.close()
 
 
-async def wait_until(done: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_until(done: Callable[[], bool], timeout: float = 30.0) -> None:
     with anyio.fail_after(timeout):
         while not done():
             await anyio.sleep(0.02)
