@@ -15,23 +15,27 @@ from ssehub.stores._sqlite_presence import Row
 from ssehub.stores._sqlite_sql import BROADCAST, MAX_ID
 from ssehub.stores.base import ReadResult, UserRecord
 
-# The broadcasts of user ?1 after id ?2: those in a session that ends after ?2. CROSS
-# JOIN keeps the user's few sessions the outer loop (not every kept broadcast).
-_IN_SESSIONS = (
-    "FROM sessions s CROSS JOIN events b ON b.user_id = '' AND b.id > max(s.from_id, ?2) "
-    f"AND b.id <= coalesce(s.to_id, {MAX_ID}) "
-    f"WHERE s.user_id = ?1 AND coalesce(s.to_id, {MAX_ID}) > ?2"
-)
+
+def _in_sessions(user: str, after: str) -> str:
+    """``FROM ... WHERE`` of the broadcasts of ``user`` after the id ``after`` (SQL
+    expressions): those in a session that ends after it. CROSS JOIN keeps the user's
+    few sessions the outer loop (not every kept broadcast)."""
+    return (
+        "FROM sessions s CROSS JOIN events b ON b.user_id = '' "
+        f"AND b.id > max(s.from_id, {after}) AND b.id <= coalesce(s.to_id, {MAX_ID}) "
+        f"WHERE s.user_id = {user} AND coalesce(s.to_id, {MAX_ID}) > {after}"
+    )
+
+
+_IN_SESSIONS = _in_sessions("?1", "?2")  # user ?1, after id ?2
 _BROADCASTS_AFTER = f"SELECT b.id, b.payload {_IN_SESSIONS} ORDER BY b.id LIMIT ?3"
 _COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_IN_SESSIONS}"
 
 # For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds.
+_CURSOR = "coalesce(u.cursor_n, 0)"
 PENDING_SQL = (
-    "(SELECT count(*) FROM events e WHERE e.user_id = u.user_id "
-    "AND e.id > coalesce(u.cursor_n, 0)) + (SELECT count(*) FROM sessions s "
-    "CROSS JOIN events b ON b.user_id = '' AND b.id > max(s.from_id, coalesce(u.cursor_n, 0)) "
-    f"AND b.id <= coalesce(s.to_id, {MAX_ID}) WHERE s.user_id = u.user_id "
-    f"AND coalesce(s.to_id, {MAX_ID}) > coalesce(u.cursor_n, 0))"
+    f"(SELECT count(*) FROM events e WHERE e.user_id = u.user_id AND e.id > {_CURSOR}) "
+    f"+ (SELECT count(*) {_in_sessions('u.user_id', _CURSOR)})"
 )
 
 
