@@ -200,6 +200,37 @@ async def test_an_accepted_broadcast_waits_out_a_busy_store_and_keeps_its_order(
         assert [f.split(b"\n")[1] for f in sink.datas()] == [b"data: %d" % n for n in range(5)]
 
 
+class SlowAppendStore(MemoryStore):
+    """A memory store whose broadcast appends wait until the test lets them go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appending = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
+        self.appending.set()
+        await self.go_on.wait()
+        return await super().append_to_all(user_ids, payload)
+
+
+async def test_closing_while_a_broadcast_is_appended_appends_each_broadcast_once() -> None:
+    store = SlowAppendStore()
+    hub = Hub(store)
+    await hub.start()
+    await hub.open("ann", RecordingSink())
+    for n in range(3):
+        await hub.broadcast(n)
+    await store.appending.wait()  # the worker is in the middle of the first one
+    closing = asyncio.create_task(hub.close())
+    await asyncio.sleep(0.05)
+    store.go_on.set()
+    async with asyncio.timeout(5):
+        await closing
+    kept = await store.read_after("ann", None, limit=10)
+    assert [event.payload for event in kept.events] == [b"data: %d\n" % n for n in range(3)]
+
+
 class SlowWatchStore(MemoryStore):
     """A store whose subscription to a user is confirmed only when the test says so."""
 

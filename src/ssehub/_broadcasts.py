@@ -32,6 +32,9 @@ class Broadcasts:
         # Bounded by MAX_PENDING: past it, `full` is True and the hub refuses new ones.
         self._pending: collections.deque[tuple[list[str], bytes]] = collections.deque()
         self._wakeup = asyncio.Event()
+        # One drainer at a time: a close that drains while the worker is appending
+        # waits for it, instead of appending the same broadcast a second time.
+        self._draining = asyncio.Lock()
 
     @property
     def full(self) -> bool:
@@ -52,7 +55,11 @@ class Broadcasts:
             await self.drain()
 
     async def drain(self) -> None:
-        """Append every queued broadcast."""
+        """Append every queued broadcast (after any drain already under way)."""
+        async with self._draining:
+            await self._append_pending()
+
+    async def _append_pending(self) -> None:
         while self._pending:
             user_ids, payload = self._pending[0]
             chunk = len(user_ids) if self._store.broadcast_once else _CHUNK
