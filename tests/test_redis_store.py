@@ -178,3 +178,26 @@ async def test_after_redis_restarts_empty_new_events_still_get_larger_ids_and_ar
     await listener.wait_until(lambda: len(listener.ids_of("yan")) == 2)
     assert listener.ids_of("yan") == [before.id, after.id]
     assert event_key(after.id) > event_key(before.id)
+
+
+async def test_a_broadcast_copy_gets_an_id_of_its_own_where_the_users_ids_ran_ahead(
+    own_redis: RedisServer, stores: list[RedisStore]
+) -> None:
+    # Copies share one id; a stream whose newest id is beyond it (ids ahead of the
+    # clock) gets a larger one, so each user's ids still increase.
+    listener = RecordingListener()
+    store = await started(stores, store_url("ahead", base=own_redis.url), listener)
+    for user in ("ann", "bob", "cid"):
+        await store.watch(user)
+    future = "99999999999999-0"
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.xadd(store._keys.stream("bob"), {"p": b"data: ahead\n"}, id=future)
+    assert await store.append_to_all(["ann", "bob", "cid"], b"data: all\n") == 3
+    await listener.wait_until(lambda: len(listener.events) == 3)
+    heard = dict(listener.events)
+    assert heard["ann"] is heard["cid"]
+    assert event_key(heard["bob"].id) > event_key(future)
+    replay = (await store.read_after("bob", None, limit=10)).events
+    assert [event.id for event in replay] == [future, heard["bob"].id]
+    after = await store.append("bob", b"data: next\n")
+    assert event_key(after.id) > event_key(heard["bob"].id)

@@ -10,6 +10,7 @@ import pytest
 
 from ssehub.events import event_key
 from ssehub.stores import ReadResult, Retention, Store, UserState
+from ssehub.stores.redis_cluster import RedisClusterStore
 from tests.stores.conftest import RecordingListener, StoreFactory, later_than_any
 
 pytestmark = pytest.mark.anyio
@@ -286,3 +287,24 @@ async def test_payloads_come_back_byte_for_byte(store: Store) -> None:
     stored = await store.append("alice", payload)
     assert stored.payload == payload
     assert (await store.read_after("alice", None, limit=1)).events == [stored]
+
+
+async def test_a_broadcast_reaches_the_listener_as_one_event_shared_by_its_users(
+    store: Store, listener: RecordingListener
+) -> None:
+    # The frame of a broadcast is built once for every user who gets the shared id.
+    users = [f"user{n:03}" for n in range(300)]
+    for user in users:
+        await store.watch(user)
+    await store.append_many([(user, b"data: own\n") for user in users[::7]])
+    assert await store.append_to_all(users, b"data: all\n") == len(users)
+    await listener.wait_until(
+        lambda: sum(event.payload == b"data: all\n" for _, event in listener.events) == 300
+    )
+    heard = [event for _, event in listener.events if event.payload == b"data: all\n"]
+    if not isinstance(store, RedisClusterStore):  # there each user hears it on its channel
+        assert len({id(event) for event in heard}) <= 3  # one per round trip of the store
+    for user in users[::50]:
+        replay = (await store.read_after(user, None, limit=10)).events
+        assert replay[-1].payload == b"data: all\n"
+        assert listener.ids_of(user) == [event.id for event in replay]

@@ -90,10 +90,14 @@ local function first_copy(p, broadcast, t)
   redis.call('PEXPIRE', seen, 60000)
   return fresh
 end
--- Append a payload to a user's stream, trimming in steps of `slack`; return its id.
-local function add(p, t, payload, maxlen, slack, ttl)
+-- Append a payload to a user's stream, trimming in steps of `slack`; return its id:
+-- `at` if given and above the stream's newest id, else one Redis makes.
+local function add(p, t, payload, maxlen, slack, ttl, at)
   local stream = k(p, 's', t)
-  local id = redis.call('XADD', stream, '*', 'p', payload)
+  local id = at and redis.pcall('XADD', stream, at, 'p', payload)
+  if not id or type(id) == 'table' then
+    id = redis.call('XADD', stream, '*', 'p', payload)
+  end
   if redis.call('XLEN', stream) > maxlen + slack then trim(p, t, maxlen, 0, ttl) end
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PEXPIRE', k(p, 'd', t), ttl)
@@ -155,10 +159,13 @@ return ids
 # KEYS[1]: as APPEND. ARGV: prefix, maxlen, slack, ttl_ms, pub, node channel ('' to
 # tell each user on its own channel), broadcast id, payload, then user, tag pairs (this
 # node's users). Appends a broadcast for each user, at most once per user however many
-# nodes append it (as APPEND). A user with streams on this node only is not told on its
-# own channel: one message on the node's channel, "<count>\\n", count lines "<id> <user>",
-# then the payload, lists all of them; published in the same script, it keeps each
-# user's id order for this node's subscriber. Returns the number of events appended.
+# nodes append it (as APPEND). Every copy takes one shared id where the user's stream
+# allows it (its newest id is below), so the frame is built once for them all.
+# A user with streams on this node only is not told on its own channel: one message on
+# the node's channel, "<count> <shared id>\\n", count lines "<id> <user>" (the id left
+# empty where it is the shared one), then the payload, lists all of them; published in
+# the same script, it keeps each user's id order for this node's subscriber. Returns
+# the number of events appended.
 APPEND_ALL: Final = (
     _HELPERS
     + """
@@ -166,13 +173,19 @@ local p, maxlen, slack, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARG
 local pub, node_channel, broadcast, payload = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local lines = {}
 local appended = 0
+-- This millisecond with a sequence no stream reaches in one: above every user's
+-- newest id unless ids ran ahead of the clock.
+local now = redis.call('TIME')
+local shared_id = now[1] .. string.format('%06d', tonumber(now[2])):sub(1, 3) .. '-1000000'
 for i = 9, #ARGV, 2 do
   local user, t = ARGV[i], ARGV[i + 1]
   local shared = redis.call('HLEN', k(p, 'p', t)) > 1
   if not (broadcast ~= '' and shared) or first_copy(p, broadcast, t) then
-    local id = add(p, t, payload, maxlen, slack, ttl)
+    local id = add(p, t, payload, maxlen, slack, ttl, shared_id)
     if shared or node_channel == '' then
       redis.call(pub, k(p, 'c', t), id .. ' ' .. payload)
+    elseif id == shared_id then
+      lines[#lines + 1] = ' ' .. user
     else
       lines[#lines + 1] = id .. ' ' .. user
     end
@@ -180,8 +193,8 @@ for i = 9, #ARGV, 2 do
   end
 end
 if #lines > 0 then
-  local share = #lines .. '\\n' .. table.concat(lines, '\\n') .. '\\n' .. payload
-  redis.call(pub, node_channel, share)
+  local head = #lines .. ' ' .. shared_id .. '\\n'
+  redis.call(pub, node_channel, head .. table.concat(lines, '\\n') .. '\\n' .. payload)
 end
 return appended
 """

@@ -456,28 +456,41 @@ class Subscriber:
                 if not future.done():
                     future.set_result(None)
 
-    def _deliver(self, user_id: str, event_id: bytes, payload: bytes) -> None:
+    def _deliver(
+        self, user_id: str, event_id: bytes, payload: bytes, event: StoredEvent | None = None
+    ) -> None:
+        # `event`, when given, is the event of `event_id` and `payload`, shared by users.
         if self._held and user_id in self._held:
             self._held[user_id].append((event_id, payload))
             return
         last = self._watched.get(user_id, ())
         if last == ():
             return
-        key = parse_id(event_id)
+        key = parse_id(event_id) if event is None else event.key
         if last is not None and key <= last:
             return
         self._watched[user_id] = key
         if self.listener is not None:
-            self.listener.on_event(user_id, StoredEvent(event_id.decode(), payload))
+            if event is None:
+                event = StoredEvent(event_id.decode(), payload, key)
+            self.listener.on_event(user_id, event)
 
     def _deliver_share(self, data: bytes) -> None:
-        # "<count>\n", count lines "<id> <user>", then the payload (APPEND_ALL).
-        count, _, rest = data.partition(b"\n")
+        # "<count> <shared id>\n", count lines "<id> <user>" (no id: the shared one),
+        # then the payload (APPEND_ALL). Users of the shared id get one event, whose
+        # frame is built once.
+        head, _, rest = data.partition(b"\n")
+        count, _, shared_id = head.partition(b" ")
         lines = rest.split(b"\n", int(count))
         payload = lines.pop()
+        shared = StoredEvent(shared_id.decode(), payload, parse_id(shared_id))
+        deliver = self._deliver
         for line in lines:
             event_id, _, user = line.partition(b" ")
-            self._deliver(user.decode(), event_id, payload)
+            if event_id:
+                deliver(user.decode(), event_id, payload)
+            else:
+                deliver(user.decode(), shared_id, payload, shared)
 
     def _deliver_broadcast(self, event_id: bytes, payload: bytes) -> None:
         key = parse_id(event_id)
