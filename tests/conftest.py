@@ -69,7 +69,11 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        """Start the process and wait until ``/healthz`` answers."""
+        """Start the process and wait until it is ready and ``/healthz`` answers.
+
+        Ready means its own log says so: a server of another test that took the port
+        first (``free_port`` is not a reservation) answers ``/healthz`` too.
+        """
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ssehub", "serve", "--port", str(self.port), *self.args],
@@ -85,7 +89,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 answer = httpx.get(self.url + "/healthz", timeout=0.5, verify=self.verify)
-                if answer.status_code == 200:
+                if answer.status_code == 200 and "ssehub ready" in self.log():
                     return self
             except httpx.HTTPError:
                 pass
@@ -138,16 +142,25 @@ class ServerFactory:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
         environ.update({"SSEHUB_DEMO_STEP": "0.1", "SSEHUB_LOG_LEVEL": "info"})
         environ.update(env or {})
-        port = port or free_port()
         mode = ["--portable"] if self.stream_mode == "portable" else []
-        server = ServerProcess(
-            ["--store", store, "--keepalive", str(keepalive), *mode, *args],
-            environ,
-            port,
-            self.tmp_path / f"server-{port}-{len(self.servers)}.log",
-        )
-        self.servers.append(server)
-        return server.start() if start else server
+        for attempt in range(3):
+            chosen = port or free_port()
+            server = ServerProcess(
+                ["--store", store, "--keepalive", str(keepalive), *mode, *args],
+                environ,
+                chosen,
+                self.tmp_path / f"server-{chosen}-{len(self.servers)}.log",
+            )
+            self.servers.append(server)
+            if not start:
+                return server
+            try:
+                return server.start()
+            except RuntimeError:
+                # A free port taken by another test's server before this one bound it.
+                if port or attempt == 2 or "already in use" not in server.log():
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         for server in self.servers:
