@@ -143,7 +143,8 @@ class ServerFactory:
         environ.update({"SSEHUB_DEMO_STEP": "0.1", "SSEHUB_LOG_LEVEL": "info"})
         environ.update(env or {})
         mode = ["--portable"] if self.stream_mode == "portable" else []
-        for attempt in range(3):
+        retries = 2  # for a free port another test's server took first
+        while True:
             chosen = port or free_port()
             server = ServerProcess(
                 ["--store", store, "--keepalive", str(keepalive), *mode, *args],
@@ -157,10 +158,9 @@ class ServerFactory:
             try:
                 return server.start()
             except RuntimeError:
-                # A free port taken by another test's server before this one bound it.
-                if port or attempt == 2 or "already in use" not in server.log():
+                if port or not retries or "already in use" not in server.log():
                     raise
-        raise AssertionError("unreachable")
+                retries -= 1
 
     def close(self) -> None:
         for server in self.servers:
