@@ -1,7 +1,7 @@
 """schemathesis against the server's own OpenAPI schema: no 5xx, no answer off its schema.
 
 Bounded to run in CI: a few examples per operation and generation mode, stateless.
-The endless stream route is left out (the stream and hostile tests try it); the demo
+The endless stream routes are left out (the stream, presence and hostile tests try them); the demo
 tasks run with a tiny step.
 """
 
@@ -26,7 +26,7 @@ from ssehub.settings import Settings
 from tests.conftest import ServerFactory
 
 MAX_EXAMPLES = 20
-STREAM_ROUTE = "/sse/connect/{user_id}"
+STREAM_ROUTES = {"/sse/connect/{user_id}", "/sse/events/presence"}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -39,7 +39,7 @@ _PATHS: dict[str, dict[str, Any]] = create_app(Settings(store="memory://")).open
 OPERATIONS = [
     pytest.param(method.upper(), path, mode, id=f"{method.upper()} {path} {mode.value}")
     for path, methods in sorted(_PATHS.items())
-    if path != STREAM_ROUTE
+    if path not in STREAM_ROUTES
     for method, operation in methods.items()
     for mode in GenerationMode
     # Invalid input can only be made where the schema constrains something: a body or

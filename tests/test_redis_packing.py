@@ -28,21 +28,31 @@ COMMANDS: list[tuple[Any, ...]] = [
 ]
 
 
+def packed(connection: Connection, command: tuple[Any, ...]) -> bytes | type[Exception]:
+    """The bytes ``connection`` packs for ``command``, or the type of what it raised.
+
+    What redis-py accepts moved between its versions (a ``bytearray`` is refused by 5.0);
+    hiredis must accept and refuse the same.
+    """
+    try:
+        return b"".join(bytes(chunk) for chunk in connection.pack_command(*command))
+    except DataError as exc:
+        return type(exc)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_packs_the_bytes_redis_py_packs(command: tuple[Any, ...]) -> None:
-    fast = fast_packing(Connection)()
-    plain = Connection()
-    assert b"".join(fast.pack_command(*command)) == b"".join(
-        bytes(chunk) for chunk in plain.pack_command(*command)
-    )
+    assert packed(fast_packing(Connection)(), command) == packed(Connection(), command)
 
 
 def test_a_pipeline_is_one_buffer_with_every_command_in_order() -> None:
     fast = fast_packing(Connection)()
     plain = Connection()
-    packed = fast.pack_commands(iter(COMMANDS))
-    assert len(packed) == 1
-    assert packed[0] == b"".join(bytes(chunk) for chunk in plain.pack_commands(COMMANDS))
+    accepted = [command for command in COMMANDS if isinstance(packed(plain, command), bytes)]
+    assert len(accepted) >= len(COMMANDS) - 1
+    packed_all = fast.pack_commands(iter(accepted))
+    assert len(packed_all) == 1
+    assert packed_all[0] == b"".join(bytes(chunk) for chunk in plain.pack_commands(accepted))
 
 
 @pytest.mark.parametrize("value", [True, None, object(), "\udc80"])
