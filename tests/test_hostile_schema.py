@@ -1,8 +1,8 @@
 """schemathesis against the server's own OpenAPI schema: no 5xx, no answer off its schema.
 
 Bounded to run in CI: a few examples per operation and generation mode, stateless.
-The endless stream routes are left out (the stream, presence and hostile tests try them); the demo
-tasks run with a tiny step.
+The endless stream routes are left out (the stream, presence and hostile tests try
+them); the demo tasks run with a tiny step.
 """
 
 from __future__ import annotations
