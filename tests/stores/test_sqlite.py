@@ -308,7 +308,7 @@ async def test_the_wal_starts_over_under_a_steady_load_of_appends(
     await store.append("user-0", payload)
     first = salt()
     async with asyncio.timeout(60):
-        for _ in range(500):  # up to 100 MB: past the 64 MB at which a restart is forced
+        for _ in range(1500):  # up to 300 MB: well past the 64 MB that forces a restart
             await store.append_many([(f"user-{n}", payload) for n in range(100)])
             if salt() != first:
                 break

@@ -230,12 +230,12 @@ async def test_a_file_of_the_first_schema_is_upgraded_and_its_rows_still_replay(
     await store.watch("alice")
     await store.append_to_all(["alice"], b"data: new\n")
     assert await payloads(store, "alice", "1") == [b"data: new\n"]
-    assert rows(path, "PRAGMA user_version") == [(2,)]
+    assert rows(path, "PRAGMA user_version") == [(3,)]
 
 
 async def test_a_file_of_a_newer_schema_is_refused(open_sqlite: Opener, tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version=3")
+        conn.execute("PRAGMA user_version=4")
     with pytest.raises(ConfigurationError, match="newer"):
         await open_sqlite(path)

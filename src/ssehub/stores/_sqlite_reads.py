@@ -1,7 +1,8 @@
 """The SQLite store's queries that read (on a reader thread, in one transaction each).
 
 A user's log is their own rows merged, by id, with the broadcasts inside their
-sessions (see `ssehub.stores._sqlite_sessions`).
+sessions (see `ssehub.stores._sqlite_sessions`). Their own rows are found through
+``user_events`` and the ids in memory (`UserLog`); broadcasts are all in ``user_events``.
 """
 
 from __future__ import annotations
@@ -13,36 +14,39 @@ import time
 from ssehub.events import StoredEvent
 from ssehub.stores._sqlite_presence import Row
 from ssehub.stores._sqlite_sql import BROADCAST, MAX_ID
+from ssehub.stores._sqlite_tail import UserLog
 from ssehub.stores.base import ReadResult, UserRecord
 
 
-def _in_sessions(user: str, after: str) -> str:
-    """``FROM ... WHERE`` of the broadcasts of ``user`` after the id ``after`` (SQL
+def _in_sessions(user: str, after: str, join: str = "") -> str:
+    """``FROM ... WHERE`` of the broadcasts ``b`` of ``user`` after the id ``after`` (SQL
     expressions): those in a session that ends after it. CROSS JOIN keeps the user's
     few sessions the outer loop (not every kept broadcast)."""
     return (
-        "FROM sessions s CROSS JOIN events b ON b.user_id = '' "
-        f"AND b.id > max(s.from_id, {after}) AND b.id <= coalesce(s.to_id, {MAX_ID}) "
+        "FROM sessions s CROSS JOIN user_events b ON b.user_id = '' "
+        f"AND b.id > max(s.from_id, {after}) AND b.id <= coalesce(s.to_id, {MAX_ID}) {join}"
         f"WHERE s.user_id = {user} AND coalesce(s.to_id, {MAX_ID}) > {after}"
     )
 
 
-_IN_SESSIONS = _in_sessions("?1", "?2")  # user ?1, after id ?2
-_BROADCASTS_AFTER = f"SELECT b.id, b.payload {_IN_SESSIONS} ORDER BY b.id LIMIT ?3"
-_COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_IN_SESSIONS}"
+_BROADCASTS_AFTER = (  # user ?1, after id ?2
+    f"SELECT b.id, e.payload {_in_sessions('?1', '?2', 'CROSS JOIN events e ON e.id = b.id ')}"
+    "ORDER BY b.id LIMIT ?3"
+)
+_COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_in_sessions('?1', '?2')}"
 
-# For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds.
+# For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds, but
+# for its events not yet in ``user_events`` (`UserLog.count_tail` adds them).
 _CURSOR = "coalesce(u.cursor_n, 0)"
 PENDING_SQL = (
-    f"(SELECT count(*) FROM events e WHERE e.user_id = u.user_id AND e.id > {_CURSOR}) "
+    f"(SELECT count(*) FROM user_events e WHERE e.user_id = u.user_id AND e.id > {_CURSOR}) "
     f"+ (SELECT count(*) {_in_sessions('u.user_id', _CURSOR)})"
 )
 
 
-def read_after(
-    cur: sqlite3.Cursor, user_id: str, after: tuple[int, int] | None, limit: int
-) -> ReadResult:
+def read_after(log: UserLog, user_id: str, after: tuple[int, int] | None, limit: int) -> ReadResult:
     """Up to ``limit`` events of a user after the key ``after`` (see `Store.read_after`)."""
+    cur = log.cur
     sessions = cur.execute(
         f"SELECT from_id, coalesce(to_id, {MAX_ID}) FROM sessions WHERE user_id = ? "
         "ORDER BY from_id DESC",
@@ -50,10 +54,7 @@ def read_after(
     ).fetchall()
 
     def rows(after_n: int) -> list[StoredEvent]:
-        found = cur.execute(
-            "SELECT id, payload FROM events WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (user_id, after_n, limit),
-        ).fetchall()
+        found = log.rows(user_id, after_n, limit)
         if sessions:
             shared = cur.execute(_BROADCASTS_AFTER, (user_id, after_n, limit)).fetchall()
             if shared:
@@ -62,13 +63,10 @@ def read_after(
 
     if after is None:
         return ReadResult(rows(0))
-    newest = cur.execute(
-        "SELECT id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user_id,)
-    ).fetchone()
     mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
     dropped_row = mark.fetchone()
     dropped = dropped_row[0] if dropped_row else 0
-    last = max(newest[0] if newest else 0, dropped)
+    last = max(log.newest(user_id), dropped)
     if sessions:
         shared_dropped = _broadcasts_dropped(cur, sessions)
         dropped = max(dropped, shared_dropped)
@@ -86,7 +84,7 @@ def _newest_broadcast(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) -> i
     """The newest kept broadcast in these sessions (newest first), 0 if none."""
     for from_id, to_id in sessions:
         found = cur.execute(
-            "SELECT id FROM events WHERE user_id = ? AND id > ? AND id <= ? "
+            "SELECT id FROM user_events WHERE user_id = ? AND id > ? AND id <= ? "
             "ORDER BY id DESC LIMIT 1",
             (BROADCAST, from_id, to_id),
         ).fetchone()
@@ -112,9 +110,9 @@ def _broadcasts_dropped(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) ->
     return 0
 
 
-def user_record(cur: sqlite3.Cursor, user_id: str, change: Row | None) -> UserRecord:
+def user_record(log: UserLog, user_id: str, change: Row | None) -> UserRecord:
     """What the file knows of a user, with ``change`` (presence not yet committed) on top."""
-    row = cur.execute(
+    row = log.cur.execute(
         "SELECT connections, last_seen, cursor, cursor_n FROM users WHERE user_id = ?",
         (user_id,),
     ).fetchone()
@@ -124,18 +122,14 @@ def user_record(cur: sqlite3.Cursor, user_id: str, change: Row | None) -> UserRe
             cursor, cursor_n = row[2], row[3]
         row = (connections, last_seen, cursor, cursor_n)
     if row is None:
-        return UserRecord(user_id, False, 0, None, None, count_after(cur, user_id))
+        return UserRecord(user_id, False, 0, None, None, count_after(log, user_id))
     connections, last_seen, cursor, cursor_n = row
     if connections > 0:
         return UserRecord(user_id, True, connections, time.time(), cursor, 0)
-    return UserRecord(user_id, True, 0, last_seen, cursor, count_after(cur, user_id, cursor_n or 0))
+    return UserRecord(user_id, True, 0, last_seen, cursor, count_after(log, user_id, cursor_n or 0))
 
 
-def count_after(cur: sqlite3.Cursor, user_id: str, after: int = 0) -> int:
+def count_after(log: UserLog, user_id: str, after: int = 0) -> int:
     """How many kept events of a user have an id after ``after``, both kinds."""
-    found = cur.execute(
-        "SELECT count(*) FROM events WHERE user_id = ? AND id > ?", (user_id, after)
-    )
-    count: int = found.fetchone()[0]
-    shared: int = cur.execute(_COUNT_BROADCASTS_AFTER, (user_id, after)).fetchone()[0]
-    return count + shared
+    shared: int = log.cur.execute(_COUNT_BROADCASTS_AFTER, (user_id, after)).fetchone()[0]
+    return log.count(user_id, after) + shared

@@ -109,7 +109,7 @@ class Sessions:
         that still reads as a reset.
         """
         found = cur.execute(
-            "SELECT id FROM events WHERE user_id = ? ORDER BY id LIMIT 1", (BROADCAST,)
+            "SELECT id FROM user_events WHERE user_id = ? ORDER BY id LIMIT 1", (BROADCAST,)
         ).fetchone()
         oldest = found[0] if found else MAX_ID
         mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (BROADCAST,))

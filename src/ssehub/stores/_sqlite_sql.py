@@ -11,7 +11,7 @@ try:
 except ImportError:  # Windows: no advisory locks, the file is not guarded
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 2  # 2: broadcasts stored once, and ``sessions``
+SCHEMA_VERSION = 3  # 2: broadcasts stored once, and ``sessions``; 3: ``user_events``
 
 BROADCAST = ""
 """The ``user_id`` of a broadcast's one ``events`` row (a user id is never empty)."""
@@ -26,6 +26,8 @@ _MARK_DROPPED = (
 # ``events``: every kept event; ``id`` is the event id, so AUTOINCREMENT keeps ids from
 # being reused after the newest rows are deleted. ``created`` never decreases in id order.
 # A broadcast is one row with user_id '' (`BROADCAST`); older files hold a row per user.
+# ``user_events``: ``(user_id, id)`` of every event up to ``meta.user_events_upto`` and of
+# every broadcast, for reads by user; the newer ones are in memory (`_sqlite_tail`).
 # ``trimmed``: per user, the newest id retention dropped (``reset`` needs it); the row
 # of '' is the newest broadcast dropped.
 # ``users``: presence of every user who ever opened a stream.
@@ -40,7 +42,16 @@ CREATE TABLE IF NOT EXISTS events (
     created REAL NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, id);
+CREATE TABLE IF NOT EXISTS user_events (
+    user_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('user_events_upto', 0);
 CREATE TABLE IF NOT EXISTS trimmed (
     user_id TEXT PRIMARY KEY,
     dropped_id INTEGER NOT NULL

@@ -4,7 +4,8 @@ Jobs are queued from the event loop. The thread takes the first job and everythi
 waiting, runs them in one transaction, commits, and then hands the results back to the
 loop with ``call_soon_threadsafe``: new events go to ``deliver`` (in id order) before the
 futures resolve. Retention runs here too, so the loop never waits for the disk.
-Checkpoints of the WAL run on a thread of their own (`Checkpointer`).
+Checkpoints of the WAL run on a thread of their own (`Checkpointer`). About once a
+second a transaction also folds the newest events into ``user_events`` (`_sqlite_tail`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import json
 import logging
 import queue
 import sqlite3
@@ -27,6 +29,7 @@ from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._sqlite_checkpoint import Checkpointer
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION, mark_dropped
+from ssehub.stores._sqlite_tail import FOLD, SET_UPTO, UPTO, Tail, UserLog
 from ssehub.stores.base import Retention
 
 logger = logging.getLogger("ssehub.stores.sqlite")
@@ -36,6 +39,8 @@ MAX_QUEUED_EVENTS = 100_000  # beyond this, submitting fails fast with StoreUnav
 SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
 _COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
 _PAUSE_SECONDS = 0.001  # how often a paused writer looks again
+MAX_TAIL = 100_000  # events not yet folded into ``user_events`` past which a fold is due
+_TRIM_CHUNK = 256  # a user's events read at once while trimming by age
 _STOP = object()
 
 Appended = list[tuple[str, StoredEvent]]
@@ -68,6 +73,7 @@ class Writer:
         synchronous: SQLite's ``PRAGMA synchronous``: full, normal or off.
         retention: how much history to keep per user.
         deliver: called on the loop with each committed append's events, in id order.
+        index_interval: seconds between folds of the newest events into ``user_events``.
     """
 
     def __init__(
@@ -77,8 +83,10 @@ class Writer:
         synchronous: str,
         retention: Retention,
         deliver: Callable[[Appended], None],
+        index_interval: float = 1.0,
     ) -> None:
         self.path = path
+        self.index_interval = index_interval
         self.synchronous = synchronous
         self.retention = retention
         self.deliver = deliver
@@ -90,6 +98,8 @@ class Writer:
         self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._last_created = 0.0
         self.sessions = Sessions()  # thread state: touch only in jobs
+        self.tail = Tail()  # written by the thread, read by the readers too
+        self._folded_at = 0.0  # thread state: time.monotonic() of the last fold
         self._checkpointer = Checkpointer(path, synchronous=synchronous)
 
     @property
@@ -167,12 +177,15 @@ class Writer:
         try:
             stopping = False
             while not stopping:
-                first = self._jobs.get()
-                if first is _STOP:
-                    break
-                assert isinstance(first, _Job)
-                batch, size = [first], first.size
-                while size < MAX_BATCH_EVENTS:
+                batch: list[_Job] = []  # none: idle, with events to fold
+                size = 0
+                with contextlib.suppress(queue.Empty):
+                    first = self._jobs.get(timeout=self._until_fold())
+                    if first is _STOP:
+                        break
+                    assert isinstance(first, _Job)
+                    batch, size = [first], first.size
+                while batch and size < MAX_BATCH_EVENTS:
                     try:
                         more = self._jobs.get_nowait()
                     except queue.Empty:
@@ -217,6 +230,7 @@ class Writer:
                 newest = conn.execute("SELECT created FROM events ORDER BY id DESC LIMIT 1")
                 row = newest.fetchone()
                 self._last_created = row[0] if row else 0.0
+                self._fold_at_open(conn.cursor())
             except BaseException:
                 conn.close()
                 raise
@@ -224,26 +238,61 @@ class Writer:
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
         return conn
 
+    def _fold_at_open(self, cur: sqlite3.Cursor) -> None:
+        # Events the last process wrote after its last fold (it may have been killed),
+        # or every event of a file from before ``user_events``, whose index goes.
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            (upto,) = cur.execute(UPTO).fetchone()
+            if upto < self.sessions.last_id:
+                cur.execute(FOLD, (upto,))
+                cur.execute(SET_UPTO, (self.sessions.last_id,))
+            cur.execute("DROP INDEX IF EXISTS events_by_user")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self.tail.start(self.sessions.last_id)
+        self._folded_at = time.monotonic()
+
+    def _until_fold(self) -> float | None:
+        """Seconds an idle writer waits before it folds what is in memory; None: no end."""
+        if not self.tail.size:
+            return None
+        return max(0.0, self._folded_at + self.index_interval - time.monotonic())
+
     def _write(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
         results: list[Any] = []
+        folded = None
         try:
             cur.execute("BEGIN IMMEDIATE")
             if self.sessions.dirty:
                 self.sessions.recover(cur)
             for job in batch:
                 results.append(job.fn(cur))
+            if self.tail.size and (
+                self.tail.size >= MAX_TAIL or self._until_fold() == 0.0 or not batch
+            ):
+                folded = self.sessions.last_id
+                cur.execute(FOLD, (self.tail.upto,))
+                cur.execute(SET_UPTO, (folded,))
             cur.execute("COMMIT")
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             self._counts.clear()  # it may count rows that were rolled back
+            self._folded_at = time.monotonic()  # an idle writer tries to fold again later
             self.sessions.dirty = True  # and sessions may have changed in memory only
             if isinstance(exc, sqlite3.Error):
                 logger.error("SQLite write failed: %s", exc)
                 exc = StoreUnavailable(f"SQLite write failed: {exc}")
             self._call_on_loop(self._fail, batch, exc)
             return
-        self._call_on_loop(self._finish, batch, results)
+        if folded is not None:
+            self.tail.folded(folded)
+            self._folded_at = time.monotonic()
+        if batch:
+            self._call_on_loop(self._finish, batch, results)
 
     def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -285,10 +334,13 @@ class Writer:
         (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
         self.sessions.last_id = last
         event_id = last - len(items)
+        pairs: list[tuple[str, int]] = []
         for user_id, payload in items:
             event_id += 1
             stored.append((user_id, StoredEvent(str(event_id), payload, (event_id, 0))))
+            pairs.append((user_id, event_id))
             added[user_id] = added.get(user_id, 0) + 1
+        self.tail.add(pairs)
         for user_id, count in added.items():
             self._trim_user(cur, user_id, count, now)
         return stored
@@ -300,6 +352,7 @@ class Writer:
             (BROADCAST, now, payload),
         )
         event_id = self.sessions.last_id = cur.lastrowid or 0
+        cur.execute("INSERT INTO user_events (user_id, id) VALUES (?, ?)", (BROADCAST, event_id))
         covered, alone = self.sessions.broadcast(cur, event_id, user_ids)
         self._trim_user(cur, BROADCAST, 1, now)
         event = StoredEvent(str(event_id), payload, (event_id, 0))
@@ -309,36 +362,40 @@ class Writer:
         return appended
 
     def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
+        log = UserLog(cur, self.tail, self.tail.upto)
         cached = self._counts.pop(user_id, None)
         if cached is None:
-            # count(*) reads only the index; the first row by id is the oldest one.
-            (count,) = cur.execute(
-                "SELECT count(*) FROM events WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            (oldest,) = cur.execute(
-                "SELECT created FROM events WHERE user_id = ? ORDER BY id LIMIT 1", (user_id,)
-            ).fetchone()
+            count = log.count(user_id)
+            (oldest,) = log.rows(user_id, 0, 1, "created")[0][1:]
         else:
             count, oldest = cached[0] + added, cached[1]
         excess = count - self.retention.max_events
         cutoff = now - self.retention.max_age
         if excess > 0 or oldest < cutoff:
-            dropped, last_dropped = 0, None
-            rows = cur.connection.execute(
-                "SELECT id, created FROM events WHERE user_id = ? ORDER BY id", (user_id,)
-            )
-            for row_id, created in rows:
-                if dropped >= excess and created >= cutoff:
-                    oldest = created
-                    break
-                dropped, last_dropped = dropped + 1, row_id
-            rows.close()
-            if last_dropped is not None:
+            dropped: list[int] = []
+            after, chunk = 0, max(excess + 1, _TRIM_CHUNK if oldest < cutoff else 1)
+            while True:
+                rows = log.rows(user_id, after, chunk, "created")
+                for row_id, created in rows:
+                    if len(dropped) >= excess and created >= cutoff:
+                        oldest = created
+                        break
+                    dropped.append(row_id)
+                else:
+                    if len(rows) == chunk:
+                        after, chunk = rows[-1][0], _TRIM_CHUNK
+                        continue
+                break
+            if dropped:
                 cur.execute(
-                    "DELETE FROM events WHERE user_id = ? AND id <= ?", (user_id, last_dropped)
+                    "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(dropped),),
                 )
-                mark_dropped(cur, [(user_id, last_dropped)])
-                count -= dropped
+                cur.execute(
+                    "DELETE FROM user_events WHERE user_id = ? AND id <= ?", (user_id, dropped[-1])
+                )
+                mark_dropped(cur, [(user_id, dropped[-1])])
+                count -= len(dropped)
         self._counts[user_id] = (count, oldest)
         if len(self._counts) > _COUNT_CACHE:
             self._counts.popitem(last=False)
@@ -360,16 +417,20 @@ class Writer:
         rows.close()
         if boundary is not None:
             cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
+            cur.executemany(
+                "DELETE FROM user_events WHERE user_id = ? AND id <= ?", list(newest.items())
+            )
             mark_dropped(cur, list(newest.items()))
             for user_id in newest:
                 self._counts.pop(user_id, None)
             # Forget users nobody knows who have nothing kept any more, as MemoryStore does
             # (the mark of broadcasts is kept: sessions need it).
             newest.pop(BROADCAST, None)
+            log = UserLog(cur, self.tail, self.tail.upto)
             cur.executemany(
                 "DELETE FROM trimmed WHERE user_id = ?1 "
                 "AND NOT EXISTS (SELECT 1 FROM users WHERE user_id = ?1) "
-                "AND NOT EXISTS (SELECT 1 FROM events WHERE user_id = ?1)",
-                [(user_id,) for user_id in newest],
+                "AND NOT EXISTS (SELECT 1 FROM user_events WHERE user_id = ?1)",
+                [(user_id,) for user_id in newest if not log.count_tail(user_id)],
             )
         return dropped

@@ -31,6 +31,7 @@ from ssehub.stores._sqlite_readers import Readers
 from ssehub.stores._sqlite_reads import PENDING_SQL, read_after, user_record
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import MAX_ID, lock_file
+from ssehub.stores._sqlite_tail import UserLog
 from ssehub.stores._sqlite_writer import SWEEP_CHUNK, Writer
 from ssehub.stores.base import ReadResult, Retention, UserRecord, UserState
 
@@ -65,6 +66,8 @@ class SqliteStore(LocalFanout):
             ``off`` (no fsync at all).
         sweep_interval: seconds between background sweeps of expired events.
         readers: threads (each with its own connection) that serve reads.
+        index_interval: seconds between folds of the newest events into the per-user
+            table (`ssehub.stores._sqlite_tail`); until then reads find them in memory.
     """
 
     shared = False
@@ -78,18 +81,24 @@ class SqliteStore(LocalFanout):
         synchronous: str = "normal",
         sweep_interval: float = 60.0,
         readers: int = 2,
+        index_interval: float = 1.0,
     ) -> None:
         super().__init__(retention=retention)
         if synchronous not in SYNCHRONOUS:
             raise ConfigurationError("synchronous must be full, normal or off")
-        if sweep_interval <= 0 or readers < 1:
-            raise ConfigurationError("sweep_interval and readers must be positive")
+        if sweep_interval <= 0 or readers < 1 or index_interval <= 0:
+            raise ConfigurationError("sweep_interval, readers and index_interval must be positive")
         self.path = Path(path)
         self.synchronous = synchronous
         self.sweep_interval = sweep_interval
+        self.index_interval = index_interval
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = Writer(
-            self.path, synchronous=synchronous, retention=self.retention, deliver=self._deliver
+            self.path,
+            synchronous=synchronous,
+            retention=self.retention,
+            deliver=self._deliver,
+            index_interval=index_interval,
         )
         self._presence = PresenceBuffer(self._writer)
         # Per user whose first stream is opening: the history read with the cursor.
@@ -252,7 +261,11 @@ class SqliteStore(LocalFanout):
             events = found.result.events
             if len(events) < _PREFETCH_LIMIT or limit <= len(events):
                 return ReadResult(events[:limit], reset=found.result.reset)
-        return await self._read(lambda cur: read_after(cur, user_id, after, limit))
+        return await self._read(lambda cur: read_after(self._log(cur), user_id, after, limit))
+
+    def _log(self, cur: sqlite3.Cursor) -> UserLog:
+        """Users' events as the read transaction of ``cur`` sees them."""
+        return UserLog(cur, self._writer.tail)
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -272,16 +285,17 @@ class SqliteStore(LocalFanout):
         return None
 
     _USER_COLUMNS = (
-        "u.user_id, u.connections, u.last_seen, u.cursor, CASE WHEN u.connections > 0 "
-        f"THEN 0 ELSE {PENDING_SQL} END"
+        "u.user_id, u.connections, u.last_seen, u.cursor, u.cursor_n, CASE WHEN "
+        f"u.connections > 0 THEN 0 ELSE {PENDING_SQL} END"
     )
 
     @staticmethod
-    def _record(row: tuple[Any, ...], now: float) -> UserRecord:
-        user_id, connections, last_seen, cursor, pending = row
-        return UserRecord(
-            user_id, True, connections, now if connections > 0 else last_seen, cursor, pending
-        )
+    def _record(row: tuple[Any, ...], log: UserLog, now: float) -> UserRecord:
+        user_id, connections, last_seen, cursor, cursor_n, pending = row
+        if connections > 0:
+            return UserRecord(user_id, True, connections, now, cursor, 0)
+        pending += log.count_tail(user_id, cursor_n or 0)
+        return UserRecord(user_id, True, 0, last_seen, cursor, pending)
 
     async def watch(self, user_id: str) -> None:
         # A user's first stream on this node: the hub reads the cursor next and then the
@@ -302,13 +316,14 @@ class SqliteStore(LocalFanout):
     async def get_user(self, user_id: str) -> UserRecord:
         change = self._presence.pending(user_id)
         if self._prefetch.get(user_id) is not _WANTED:
-            return await self._read(lambda cur: user_record(cur, user_id, change))
+            return await self._read(lambda cur: user_record(self._log(cur), user_id, change))
         self._prefetch[user_id] = _READING
 
         def read(cur: sqlite3.Cursor) -> tuple[UserRecord, ReadResult]:
-            record = user_record(cur, user_id, change)
+            log = self._log(cur)
+            record = user_record(log, user_id, change)
             after = event_key(record.cursor) if record.cursor is not None else None
-            return record, read_after(cur, user_id, after, _PREFETCH_LIMIT)
+            return record, read_after(log, user_id, after, _PREFETCH_LIMIT)
 
         try:
             record, result = await self._read(read)
@@ -339,7 +354,7 @@ class SqliteStore(LocalFanout):
         await self._presence.settle()  # pages come from the table: write what waits first
 
         def read(cur: sqlite3.Cursor) -> list[UserRecord]:
-            now = time.time()
-            return [self._record(row, now) for row in cur.execute(query, params)]
+            now, log = time.time(), self._log(cur)
+            return [self._record(row, log, now) for row in cur.execute(query, params).fetchall()]
 
         return await self._read(read)
