@@ -36,10 +36,11 @@ _BROADCASTS_AFTER = (  # user ?1, after id ?2
 _COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_in_sessions('?1', '?2')}"
 
 # For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds, but
-# for its events not yet in ``user_events`` (`UserLog.count_tail` adds them).
+# for its events after the fold mark ``:upto`` (`UserLog.count_tail` adds them).
 _CURSOR = "coalesce(u.cursor_n, 0)"
 PENDING_SQL = (
-    f"(SELECT count(*) FROM user_events e WHERE e.user_id = u.user_id AND e.id > {_CURSOR}) "
+    "(SELECT count(*) FROM user_events e WHERE e.user_id = u.user_id "
+    f"AND e.id > {_CURSOR} AND e.id <= :upto) "
     f"+ (SELECT count(*) {_in_sessions('u.user_id', _CURSOR)})"
 )
 

@@ -6,8 +6,12 @@ user's part of that index, so a transaction of messages to many users dirtied ab
 index page per message, each written to the WAL and copied again by the checkpoint:
 two thirds of the store's CPU per unicast message. So the table ``user_events`` holds
 ``(user_id, id)`` only for events up to an id (``meta.user_events_upto``), and the writer
-folds the newer ones in (`FOLD`) about once a second: one page per user per fold
-instead of one per message. Broadcasts (one row for many users) go in at once.
+folds the newer ones in about once a second: one page per user per fold instead of
+one per message. Broadcasts (one row for many users) go in at once. A fold of a
+second's events to 1,000 users writes about 1,000 pages at its commit (12 ms or more),
+which every publish behind it would wait for, so a fold is cut into slices of a few
+users each (`Folds`), one slice in each of the writer's next transactions; the mark moves
+with the last one. Until it does, readers ignore rows of ``user_events`` after the mark.
 
 The ids of the events not folded yet (the tail) are kept in memory by user (`Tail`),
 and every read by user adds them to what the table gives (`UserLog`). A reader reads
@@ -23,17 +27,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-from ssehub.stores._sqlite_sql import BROADCAST
+from ssehub.stores._sqlite_sql import BROADCAST, MAX_ID
 
 KEPT_FOLDS = 2  # folded spans kept in memory for readers whose snapshot predates them
+MAX_TAIL = 100_000  # events not folded past which a fold starts before its time
+SLICE_ROWS = 2_000  # a slice of a fold: at most about this many events...
+SLICE_USERS = 64  # ...or this many users (each a page of ``user_events`` to write)
 
 # Every event after ``?1`` into the table; broadcasts are there already (OR IGNORE).
 FOLD = (
     "INSERT OR IGNORE INTO user_events (user_id, id) "
     "SELECT user_id, id FROM events WHERE id > ?1 ORDER BY user_id, id"
+)
+# The events of these ids (a JSON list) that still exist into the table.
+_FOLD_IDS = (
+    "INSERT OR IGNORE INTO user_events (user_id, id) SELECT user_id, id FROM events "
+    "WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY user_id, id"
 )
 UPTO = "SELECT value FROM meta WHERE name = 'user_events_upto'"
 SET_UPTO = "UPDATE meta SET value = ? WHERE name = 'user_events_upto'"
@@ -58,9 +72,9 @@ class _Span:
 class Tail:
     """Ids of the events not yet folded into ``user_events``, by user.
 
-    The writer thread adds ids as it inserts rows (`add`) and reports each committed fold
-    (`folded`); reader threads take a user's ids (`ids`). ``upto`` is the newest fold the
-    writer committed.
+    The writer thread adds ids as it inserts rows (`add`), cuts the span a fold takes
+    (`cut`) and reports the fold committed (`folded`); reader threads take a user's ids
+    (`ids`). ``upto`` is the newest fold the writer committed.
     """
 
     def __init__(self) -> None:
@@ -88,14 +102,21 @@ class Tail:
                     found.append(event_id)
             self.size += len(pairs)
 
+    def cut(self, upto: int) -> dict[str, list[int]]:
+        """A fold of every event up to ``upto`` (the newest) starts: return their ids by
+        user, and keep newer ones apart."""
+        with self._lock:
+            closed = self._spans[-1].ids
+            self._spans.append(_Span(upto))
+            self.size = 0
+            return closed
+
     def folded(self, upto: int) -> None:
-        """A fold of every event up to ``upto`` is committed: open a new span."""
+        """The fold of every event up to ``upto`` is committed."""
         with self._lock:
             self.upto = upto
-            self._spans.append(_Span(upto))
             while len(self._spans) > KEPT_FOLDS + 1:
                 self._spans.popleft()
-            self.size = 0
 
     def ids(self, user_id: str, after: int) -> list[int] | None:
         """The ids in memory of ``user_id`` after ``after`` (in order), or None if memory
@@ -110,6 +131,100 @@ class Tail:
                 else:
                     found += [n for n in span.ids.get(user_id, ()) if n > after]
             return found
+
+
+class Folds:
+    """When the writer folds the tail into ``user_events``, and the slices of a fold under
+    way. Every method runs on the writer thread.
+
+    Args:
+        tail: the ids in memory.
+        interval: seconds between folds.
+    """
+
+    def __init__(self, tail: Tail, interval: float) -> None:
+        self.tail = tail
+        self.interval = interval
+        self._slices: deque[list[int]] = deque()  # ids of a few users each, in user order
+        self._target = 0  # the mark the fold under way moves to
+        self._whole = False  # fold every event after the mark at once (after a rollback)
+        self._at = time.monotonic()  # of the last fold's end
+        self._stepped = False  # the transaction under way folds (a slice, or the whole)
+
+    def wait(self) -> float | None:
+        """Seconds an idle writer waits before its next slice; None: nothing to fold."""
+        if self._slices:
+            return 0.0
+        if not self.tail.size and not self._whole:
+            return None
+        return max(0.0, self._at + self.interval - time.monotonic())
+
+    def step(self, cur: sqlite3.Cursor, last_id: int) -> None:
+        """Inside a transaction of the writer's, after its jobs: fold what is due.
+
+        ``last_id`` is the newest id given out. Call `committed` after the commit, or
+        `rolled_back`.
+        """
+        self._stepped = False
+        if self._whole:  # by range, whatever memory holds
+            if self.wait():
+                return
+            self._target = last_id
+            if self.tail.upto < last_id:
+                cur.execute(FOLD, (self.tail.upto,))
+                cur.execute(SET_UPTO, (last_id,))
+            self._stepped = True
+            return
+        if not self._slices:
+            if not self.tail.size:
+                return
+            if self.tail.size < MAX_TAIL and self.wait():
+                return
+            self._target = last_id
+            self._slices.extend(_slices(self.tail.cut(last_id)))
+        self._stepped = True
+        cur.execute(_FOLD_IDS, (json.dumps(self._slices[0]),))
+        if len(self._slices) == 1:
+            cur.execute(SET_UPTO, (self._target,))
+
+    def committed(self) -> None:
+        """The transaction of the last `step` is committed."""
+        if not self._stepped:
+            return
+        self._stepped = False
+        if self._whole:
+            self._whole = False
+            self.tail.start(self._target)  # readers of older snapshots scan instead
+        elif self._slices:
+            self._slices.popleft()
+            if self._slices:
+                return
+            self.tail.folded(self._target)
+        self._at = time.monotonic()
+
+    def rolled_back(self) -> None:
+        """The transaction of the last `step` is rolled back.
+
+        Ids it gave out may be given again, to rows memory would file after the fold's
+        mark: the next transaction folds every event after the mark by range instead.
+        """
+        self._stepped = False
+        self._slices.clear()
+        self._whole = True
+        self._at = time.monotonic()  # not at once: the disk may still refuse
+
+
+def _slices(closed: dict[str, list[int]]) -> Iterator[list[int]]:
+    """The ids of ``closed`` in lists of a few users each, in user order."""
+    ids: list[int] = []
+    users = 0
+    for user_id in sorted(closed):
+        ids += closed[user_id]
+        users += 1
+        if len(ids) >= SLICE_ROWS or users >= SLICE_USERS:
+            yield ids
+            ids, users = [], 0
+    yield ids  # the last slice moves the mark, even if it is empty
 
 
 class UserLog:
@@ -127,6 +242,11 @@ class UserLog:
         self._tail = tail
         self.upto: int = cur.execute(UPTO).fetchone()[0] if upto is None else upto
         self._cached: tuple[str, str] | None = None  # (user, JSON of their tail ids)
+
+    def _folded(self, user_id: str) -> int:
+        """The newest id of ``user_events`` this snapshot reads for ``user_id`` (rows after
+        the mark, from a fold under way, are in memory too)."""
+        return MAX_ID if user_id == BROADCAST else self.upto
 
     def _tail_ids(self, user_id: str) -> str | None:
         """JSON of the candidate ids of ``user_id`` after the fold, None if there are none."""
@@ -156,8 +276,8 @@ class UserLog:
         """``(id, column)`` of up to ``limit`` of the user's events after ``after``."""
         found: list[tuple[Any, ...]] = self.cur.execute(
             f"SELECT e.id, e.{column} FROM user_events u CROSS JOIN events e ON e.id = u.id "
-            "WHERE u.user_id = ? AND u.id > ? ORDER BY u.id LIMIT ?",
-            (user_id, after, limit),
+            "WHERE u.user_id = ? AND u.id > ? AND u.id <= ? ORDER BY u.id LIMIT ?",
+            (user_id, after, self._folded(user_id), limit),
         ).fetchall()
         if len(found) < limit:
             found += self.tail_rows(user_id, after, column)[: limit - len(found)]
@@ -169,7 +289,8 @@ class UserLog:
         if tail:
             return int(tail[-1][0])
         found = self.cur.execute(
-            "SELECT id FROM user_events WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user_id,)
+            "SELECT id FROM user_events WHERE user_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+            (user_id, self._folded(user_id)),
         ).fetchone()
         return int(found[0]) if found else 0
 
@@ -180,7 +301,8 @@ class UserLog:
     def count_folded(self, user_id: str, after: int = 0) -> int:
         """`count` in the table only."""
         found = self.cur.execute(
-            "SELECT count(*) FROM user_events WHERE user_id = ? AND id > ?", (user_id, after)
+            "SELECT count(*) FROM user_events WHERE user_id = ? AND id > ? AND id <= ?",
+            (user_id, after, self._folded(user_id)),
         )
         count: int = found.fetchone()[0]
         return count

@@ -341,7 +341,7 @@ class SqliteStore(LocalFanout):
     ) -> list[UserRecord]:
         if state is UserState.UNKNOWN:
             return []
-        where = ["u.user_id > ?"] if after is not None else []
+        where = ["u.user_id > :after"] if after is not None else []
         if state is UserState.CONNECTED:
             where.append("u.connections > 0")
         elif state is UserState.DISCONNECTED:
@@ -349,12 +349,12 @@ class SqliteStore(LocalFanout):
         query = f"SELECT {self._USER_COLUMNS} FROM users u"
         if where:
             query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY u.user_id LIMIT ?"
-        params = (*([after] if after is not None else []), limit)
+        query += " ORDER BY u.user_id LIMIT :limit"
         await self._presence.settle()  # pages come from the table: write what waits first
 
         def read(cur: sqlite3.Cursor) -> list[UserRecord]:
             now, log = time.time(), self._log(cur)
+            params = {"after": after, "limit": limit, "upto": log.upto}
             return [self._record(row, log, now) for row in cur.execute(query, params).fetchall()]
 
         return await self._read(read)

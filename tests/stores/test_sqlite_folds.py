@@ -1,0 +1,127 @@
+"""The SQLite store's folds in slices, driven one transaction at a time on a real file.
+
+The writer folds the ids it keeps in memory into ``user_events`` a slice of users per
+transaction, and moves the mark with the last slice; every read in between must see
+each event exactly once (the table's rows after the mark are ignored, memory has them).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ssehub.stores._sqlite_sql import SCHEMA
+from ssehub.stores._sqlite_tail import SLICE_USERS, UPTO, Folds, Tail, UserLog
+
+USERS = [f"user-{n:03}" for n in range(SLICE_USERS * 3 + 5)]  # a fold of four slices
+
+
+class File:
+    """A file with the store's schema, a writing and a reading connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = sqlite3.connect(path, isolation_level=None)
+        self.writer.execute("PRAGMA journal_mode=WAL")
+        self.writer.executescript(SCHEMA)
+        self.reader = sqlite3.connect(path, isolation_level=None)
+        self.tail = Tail()
+        self.folds = Folds(self.tail, interval=0.000_001)
+        self.sent: dict[str, list[int]] = {user: [] for user in USERS}
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.close()
+
+    def append(self, rounds: int) -> None:
+        """``rounds`` events to every user in one transaction, as the writer appends."""
+        cur = self.writer.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        pairs = []
+        for _ in range(rounds):
+            for user in USERS:
+                cur.execute(
+                    "INSERT INTO events (user_id, created, payload) VALUES (?, 1e10, x'00')",
+                    (user,),
+                )
+                pairs.append((user, int(cur.lastrowid or 0)))
+        self.tail.add(pairs)
+        cur.execute("COMMIT")
+        for user, event_id in pairs:
+            self.sent[user].append(event_id)
+
+    def last_id(self) -> int:
+        found = self.writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        row = found.fetchone()
+        return int(row[0]) if row else 0
+
+    def fold_step(self) -> None:
+        """One writer transaction with nothing in it but what the folds do."""
+        cur = self.writer.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        self.folds.step(cur, self.last_id())
+        cur.execute("COMMIT")
+        self.folds.committed()
+
+    def mark(self) -> int:
+        return int(self.writer.execute(UPTO).fetchone()[0])
+
+    def rows_after_mark(self) -> int:
+        found = self.writer.execute("SELECT count(*) FROM user_events WHERE id > ?", (self.mark(),))
+        return int(found.fetchone()[0])
+
+    def assert_reads_see_each_event_once(self) -> None:
+        cur = self.reader.cursor()
+        cur.execute("BEGIN")
+        log = UserLog(cur, self.tail)
+        for user in USERS:
+            assert [row[0] for row in log.rows(user, 0, 10_000)] == self.sent[user]
+            assert log.count(user) == len(self.sent[user])
+            assert log.newest(user) == self.sent[user][-1]
+            half = len(self.sent[user]) // 2
+            assert log.count(user, self.sent[user][half - 1]) == len(self.sent[user]) - half
+        cur.execute("COMMIT")
+
+
+@pytest.fixture
+def file(tmp_path: Path) -> Iterator[File]:
+    opened = File(tmp_path / "folds.db")
+    yield opened
+    opened.close()
+
+
+def test_reads_between_the_slices_of_a_fold_see_every_event_once(file: File) -> None:
+    file.append(rounds=3)
+    file.assert_reads_see_each_event_once()
+    steps = 0
+    while file.mark() == 0:
+        file.fold_step()
+        steps += 1
+        if file.mark() == 0:  # a slice is in the table, after the mark
+            assert file.rows_after_mark() == 3 * SLICE_USERS * steps
+        file.assert_reads_see_each_event_once()
+        file.append(rounds=1)  # events keep coming while the fold goes on
+        file.assert_reads_see_each_event_once()
+    assert steps == 4
+    assert file.mark() == file.sent[USERS[-1]][2]  # the newest id when the fold began
+    assert file.rows_after_mark() == 0
+
+
+def test_a_fold_rolled_back_half_way_is_done_again_by_range(file: File) -> None:
+    file.append(rounds=2)
+    file.fold_step()  # one slice in the table
+    cur = file.writer.cursor()
+    cur.execute("BEGIN IMMEDIATE")  # the next slice and new events, then a failure
+    cur.execute("INSERT INTO events (user_id, created, payload) VALUES ('lost', 1e10, x'00')")
+    file.folds.step(cur, file.last_id())
+    cur.execute("ROLLBACK")
+    file.folds.rolled_back()
+    file.append(rounds=1)  # the id the rollback freed is given again
+    file.assert_reads_see_each_event_once()
+    while file.mark() < file.last_id():
+        file.fold_step()
+        file.assert_reads_see_each_event_once()
+    everything = file.writer.execute("SELECT user_id, id FROM events ORDER BY user_id, id")
+    assert file.writer.execute("SELECT * FROM user_events").fetchall() == everything.fetchall()
