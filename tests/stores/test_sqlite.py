@@ -356,3 +356,24 @@ async def test_without_the_checkpoint_thread_the_writer_checkpoints_itself(
         assert (tmp_path / "hub.db-wal").stat().st_size < 8 * 2**20
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("kept", [3, 1_200])  # under and over what a stream's opening reads
+async def test_the_pending_count_read_with_a_stream_opening_is_the_counted_one(
+    open_sqlite: Opener, kept: int
+) -> None:
+    store = await open_sqlite(retention=Retention(max_events=5_000))
+    await store.append_many([("newcomer", b"data: waiting\n")] * kept)
+    await store.watch("alice")
+    await store.set_presence("alice", connections=1)
+    first = await store.append("alice", b"data: seen\n")
+    await store.append_to_all(["alice"], b"data: shared\n")
+    await store.append_many([("alice", b"data: later\n")] * kept)
+    await store.unwatch("alice")
+    await store.set_presence("alice", connections=0, cursor=first.id)
+    for user, expected in (("newcomer", kept), ("alice", kept + 1)):
+        counted = await store.get_user(user)  # no stream opening: counted in the file
+        assert counted.pending == expected
+        await store.watch(user)  # a stream opening: read with the history after the cursor
+        assert await store.get_user(user) == counted
+        await store.unwatch(user)

@@ -111,9 +111,13 @@ def _broadcasts_dropped(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) ->
     return 0
 
 
-def user_record(log: UserLog, user_id: str, change: Row | None) -> UserRecord:
-    """What the file knows of a user, with ``change`` (presence not yet committed) on top."""
-    row = log.cur.execute(
+# (connections, last_seen, cursor, cursor_n): a user's row of ``users``.
+Presence = tuple[int, float, str | None, int | None]
+
+
+def presence_of(log: UserLog, user_id: str, change: Row | None) -> Presence | None:
+    """A user's presence in the file, with ``change`` (not committed yet) on top."""
+    row: Presence | None = log.cur.execute(
         "SELECT connections, last_seen, cursor, cursor_n FROM users WHERE user_id = ?",
         (user_id,),
     ).fetchone()
@@ -122,12 +126,22 @@ def user_record(log: UserLog, user_id: str, change: Row | None) -> UserRecord:
         if cursor is None and row is not None:
             cursor, cursor_n = row[2], row[3]
         row = (connections, last_seen, cursor, cursor_n)
-    if row is None:
-        return UserRecord(user_id, False, 0, None, None, count_after(log, user_id))
-    connections, last_seen, cursor, cursor_n = row
+    return row
+
+
+def user_record(
+    log: UserLog, user_id: str, presence: Presence | None, pending: int | None = None
+) -> UserRecord:
+    """A user's record from their presence; ``pending``, if known, is how many kept events
+    follow their cursor (otherwise they are counted)."""
+    if presence is None:
+        count = count_after(log, user_id) if pending is None else pending
+        return UserRecord(user_id, False, 0, None, None, count)
+    connections, last_seen, cursor, cursor_n = presence
     if connections > 0:
         return UserRecord(user_id, True, connections, time.time(), cursor, 0)
-    return UserRecord(user_id, True, 0, last_seen, cursor, count_after(log, user_id, cursor_n or 0))
+    count = count_after(log, user_id, cursor_n or 0) if pending is None else pending
+    return UserRecord(user_id, True, 0, last_seen, cursor, count)
 
 
 def count_after(log: UserLog, user_id: str, after: int = 0) -> int:

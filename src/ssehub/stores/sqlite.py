@@ -28,7 +28,7 @@ from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores._sqlite_outbox import SqliteOutbox
 from ssehub.stores._sqlite_presence import PresenceBuffer
 from ssehub.stores._sqlite_readers import Readers
-from ssehub.stores._sqlite_reads import PENDING_SQL, read_after, user_record
+from ssehub.stores._sqlite_reads import PENDING_SQL, presence_of, read_after, user_record
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import MAX_ID, lock_file
 from ssehub.stores._sqlite_tail import UserLog
@@ -315,15 +315,25 @@ class SqliteStore(LocalFanout):
 
     async def get_user(self, user_id: str) -> UserRecord:
         change = self._presence.pending(user_id)
+
+        def read_record(cur: sqlite3.Cursor) -> UserRecord:
+            log = self._log(cur)
+            return user_record(log, user_id, presence_of(log, user_id, change))
+
         if self._prefetch.get(user_id) is not _WANTED:
-            return await self._read(lambda cur: user_record(self._log(cur), user_id, change))
+            return await self._read(read_record)
         self._prefetch[user_id] = _READING
 
         def read(cur: sqlite3.Cursor) -> tuple[UserRecord, ReadResult]:
             log = self._log(cur)
-            record = user_record(log, user_id, change)
-            after = event_key(record.cursor) if record.cursor is not None else None
-            return record, read_after(log, user_id, after, _PREFETCH_LIMIT)
+            presence = presence_of(log, user_id, change)
+            cursor = presence[2] if presence is not None else None
+            after = event_key(cursor) if cursor is not None else None
+            found = read_after(log, user_id, after, _PREFETCH_LIMIT)
+            # Every event after the cursor, when nothing was cut: that is the pending count.
+            whole = not found.reset and len(found.events) < _PREFETCH_LIMIT
+            pending = len(found.events) if whole else None
+            return user_record(log, user_id, presence, pending), found
 
         try:
             record, result = await self._read(read)
