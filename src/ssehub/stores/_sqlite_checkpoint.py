@@ -3,9 +3,9 @@
 A checkpoint copies what the WAL holds into the database file and, unless
 ``synchronous=off``, flushes both to disk. SQLite's default runs one inside the commit
 that fills the WAL past 1,000 pages (4 MB), and a commit of messages to many users
-dirties a page of the user index per user: under load that was a checkpoint every few
-commits, most of the writer's time, and every append waited for it (the tail of
-the steady figure). The writer turns automatic checkpoints off; this thread runs a
+dirtied a page of the user index per user (before ``user_events``): under load that was
+a checkpoint every few commits, most of the writer's time, and every append waited for
+it (the tail of the steady figure). The writer turns automatic checkpoints off; this thread runs a
 passive checkpoint (which blocks neither the writer nor the readers, and copies each
 page once however often it changed) at most every `INTERVAL` seconds while commits
 come in. Under a load that never stops a passive checkpoint never catches up, and the
