@@ -5,10 +5,10 @@ A checkpoint copies what the WAL holds into the database file and, unless
 that fills the WAL past 1,000 pages (4 MB), and a commit of messages to many users
 dirtied a page of the user index per user (before ``user_events``): under load that was
 a checkpoint every few commits, most of the writer's time, and every append waited for
-it (the tail of the steady figure). The writer turns automatic checkpoints off; this thread runs a
-passive checkpoint (which blocks neither the writer nor the readers, and copies each
-page once however often it changed) at most every `INTERVAL` seconds while commits
-come in. Under a load that never stops a passive checkpoint never catches up, and the
+it (the tail of the steady figure). The writer turns automatic checkpoints off; this
+thread runs a passive checkpoint (which blocks neither the writer nor the readers, and
+copies each page once however often it changed) at most every `INTERVAL` seconds while
+commits come in. Under a load that never stops a passive checkpoint never catches up, and the
 WAL only starts over once every frame is copied: past `RESTART_PAGES` the thread asks
 the writer to hold off (`paused`) and runs a ``RESTART`` checkpoint of what the passive
 one left, a few milliseconds (5-28 ms measured on a busy machine) every 64 MB of WAL.

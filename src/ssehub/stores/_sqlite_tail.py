@@ -40,7 +40,7 @@ SLICE_ROWS = 2_000  # a slice of a fold: at most about this many events...
 SLICE_USERS = 64  # ...or this many users (each a page of ``user_events`` to write)
 
 # Every event after ``?1`` into the table; broadcasts are there already (OR IGNORE).
-FOLD = (
+_FOLD_AFTER = (
     "INSERT OR IGNORE INTO user_events (user_id, id) "
     "SELECT user_id, id FROM events WHERE id > ?1 ORDER BY user_id, id"
 )
@@ -50,13 +50,21 @@ _FOLD_IDS = (
     "WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY user_id, id"
 )
 UPTO = "SELECT value FROM meta WHERE name = 'user_events_upto'"
-SET_UPTO = "UPDATE meta SET value = ? WHERE name = 'user_events_upto'"
+_SET_UPTO = "UPDATE meta SET value = ? WHERE name = 'user_events_upto'"
 
 _TAIL_ROWS = (
     "SELECT id, {column} FROM events WHERE id IN (SELECT value FROM json_each(?1)) "
     "AND user_id = ?2 AND id > ?3 ORDER BY id"
 )
 _SCAN_TAIL = "SELECT id FROM events WHERE id > ?1 AND user_id = ?2 ORDER BY id"
+
+
+def fold_by_range(cur: sqlite3.Cursor, upto: int, last_id: int) -> None:
+    """Fold every event after the mark ``upto`` and move the mark to ``last_id`` (the
+    newest id given out), whatever memory holds: on opening the file, after a rollback."""
+    if upto < last_id:
+        cur.execute(_FOLD_AFTER, (upto,))
+        cur.execute(_SET_UPTO, (last_id,))
 
 
 class _Span:
@@ -170,9 +178,7 @@ class Folds:
             if self.wait():
                 return
             self._target = last_id
-            if self.tail.upto < last_id:
-                cur.execute(FOLD, (self.tail.upto,))
-                cur.execute(SET_UPTO, (last_id,))
+            fold_by_range(cur, self.tail.upto, last_id)
             self._stepped = True
             return
         if not self._slices:
@@ -185,7 +191,7 @@ class Folds:
         self._stepped = True
         cur.execute(_FOLD_IDS, (json.dumps(self._slices[0]),))
         if len(self._slices) == 1:
-            cur.execute(SET_UPTO, (self._target,))
+            cur.execute(_SET_UPTO, (self._target,))
 
     def committed(self) -> None:
         """The transaction of the last `step` is committed."""

@@ -29,7 +29,7 @@ from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._sqlite_checkpoint import Checkpointer
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION, mark_dropped
-from ssehub.stores._sqlite_tail import FOLD, SET_UPTO, UPTO, Folds, Tail, UserLog
+from ssehub.stores._sqlite_tail import UPTO, Folds, Tail, UserLog, fold_by_range
 from ssehub.stores.base import Retention
 
 logger = logging.getLogger("ssehub.stores.sqlite")
@@ -85,7 +85,6 @@ class Writer:
         index_interval: float = 1.0,
     ) -> None:
         self.path = path
-        self.index_interval = index_interval
         self.synchronous = synchronous
         self.retention = retention
         self.deliver = deliver
@@ -247,9 +246,7 @@ class Writer:
         cur.execute("BEGIN IMMEDIATE")
         try:
             (upto,) = cur.execute(UPTO).fetchone()
-            if upto < self.sessions.last_id:
-                cur.execute(FOLD, (upto,))
-                cur.execute(SET_UPTO, (self.sessions.last_id,))
+            fold_by_range(cur, upto, self.sessions.last_id)
             cur.execute("DROP INDEX IF EXISTS events_by_user")
             cur.execute("COMMIT")
         except BaseException:
