@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ssehub.stores._sqlite_folds import SLICE_USERS, Folds
 from ssehub.stores._sqlite_sql import SCHEMA
-from ssehub.stores._sqlite_tail import SLICE_USERS, UPTO, Folds, Tail, UserLog
+from ssehub.stores._sqlite_tail import UPTO, Tail, UserLog
 
 USERS = [f"user-{n:03}" for n in range(SLICE_USERS * 3 + 5)]  # a fold of four slices
 
@@ -30,6 +31,7 @@ class File:
         self.tail = Tail()
         self.folds = Folds(self.tail, interval=0.000_001)
         self.sent: dict[str, list[int]] = {user: [] for user in USERS}
+        self.floors: dict[str, int] = {}  # the newest id dropped, of users who lost any
 
     def close(self) -> None:
         self.writer.close()
@@ -51,6 +53,17 @@ class File:
         cur.execute("COMMIT")
         for user, event_id in pairs:
             self.sent[user].append(event_id)
+
+    def drop_oldest(self, users: list[str], count: int) -> None:
+        """Retention drops the ``count`` oldest events of each of ``users``, as the writer
+        does after a commit: the floors go to memory, the rows stay in the file."""
+        floors = {}
+        dropped: list[int] = []
+        for user in users:
+            gone, self.sent[user] = self.sent[user][:count], self.sent[user][count:]
+            floors[user] = self.floors[user] = gone[-1]
+            dropped += gone
+        self.tail.trimmed(floors, dropped)
 
     def last_id(self) -> int:
         found = self.writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
@@ -81,7 +94,9 @@ class File:
             assert log.count(user) == len(self.sent[user])
             assert log.newest(user) == self.sent[user][-1]
             half = len(self.sent[user]) // 2
-            assert log.count(user, self.sent[user][half - 1]) == len(self.sent[user]) - half
+            if half:
+                after = self.sent[user][half - 1]
+                assert log.count(user, after) == len(self.sent[user]) - half
         cur.execute("COMMIT")
 
 
@@ -125,3 +140,26 @@ def test_a_fold_rolled_back_half_way_is_done_again_by_range(file: File) -> None:
         file.assert_reads_see_each_event_once()
     everything = file.writer.execute("SELECT user_id, id FROM events ORDER BY user_id, id")
     assert file.writer.execute("SELECT * FROM user_events").fetchall() == everything.fetchall()
+
+
+def test_floors_are_written_and_dropped_rows_deleted_in_the_slices_of_a_fold(file: File) -> None:
+    file.append(rounds=3)
+    file.drop_oldest(USERS[::3], 2)
+    file.assert_reads_see_each_event_once()
+    folds = 0
+    while folds < 2:  # the second fold writes what was dropped during the first
+        file.fold_step()
+        file.assert_reads_see_each_event_once()
+        if not file.folds.under_way:
+            folds += 1
+            file.append(rounds=1)
+            file.drop_oldest(USERS[1::3], 1)
+            file.assert_reads_see_each_event_once()
+    while file.folds.under_way or file.tail.size:
+        file.fold_step()
+    file.assert_reads_see_each_event_once()
+    kept = sorted((user, event_id) for user, ids in file.sent.items() for event_id in ids)
+    assert file.writer.execute("SELECT user_id, id FROM events ORDER BY 1, 2").fetchall() == kept
+    assert file.writer.execute("SELECT * FROM user_events ORDER BY 1, 2").fetchall() == kept
+    floors = file.writer.execute("SELECT user_id, dropped_id FROM trimmed").fetchall()
+    assert dict(floors) == file.floors

@@ -36,11 +36,13 @@ _BROADCASTS_AFTER = (  # user ?1, after id ?2
 _COUNT_BROADCASTS_AFTER = f"SELECT count(*) {_in_sessions('?1', '?2')}"
 
 # For `list_users`: the kept events of ``u.user_id`` after its cursor, both kinds, but
-# for its events after the fold mark ``:upto`` (`UserLog.count_tail` adds them).
+# for its events after the fold mark ``:upto`` (`UserLog.count_tail` adds them) and
+# floors only memory holds yet (then `count_after` counts instead).
 _CURSOR = "coalesce(u.cursor_n, 0)"
+_FLOOR = "coalesce((SELECT t.dropped_id FROM trimmed t WHERE t.user_id = u.user_id), 0)"
 PENDING_SQL = (
     "(SELECT count(*) FROM user_events e WHERE e.user_id = u.user_id "
-    f"AND e.id > {_CURSOR} AND e.id <= :upto) "
+    f"AND e.id > max({_CURSOR}, {_FLOOR}) AND e.id <= :upto) "
     f"+ (SELECT count(*) {_in_sessions('u.user_id', _CURSOR)})"
 )
 
@@ -64,9 +66,7 @@ def read_after(log: UserLog, user_id: str, after: tuple[int, int] | None, limit:
 
     if after is None:
         return ReadResult(rows(0))
-    mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
-    dropped_row = mark.fetchone()
-    dropped = dropped_row[0] if dropped_row else 0
+    dropped = log.floor(user_id)
     last = max(log.newest(user_id), dropped)
     if sessions:
         shared_dropped = _broadcasts_dropped(cur, sessions)

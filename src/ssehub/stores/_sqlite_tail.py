@@ -7,11 +7,9 @@ index page per message, each written to the WAL and copied again by the checkpoi
 two thirds of the store's CPU per unicast message. So the table ``user_events`` holds
 ``(user_id, id)`` only for events up to an id (``meta.user_events_upto``), and the writer
 folds the newer ones in about once a second: one page per user per fold instead of
-one per message. Broadcasts (one row for many users) go in at once. A fold of a
-second's events to 1,000 users writes about 1,000 pages at its commit (12 ms or more),
-which every publish behind it would wait for, so a fold is cut into slices of a few
-users each (`Folds`), one slice in each of the writer's next transactions; the mark moves
-with the last one. Until it does, readers ignore rows of ``user_events`` after the mark.
+one per message. Broadcasts (one row for many users) go in at once. A fold is cut into
+slices of a few users each (`ssehub.stores._sqlite_folds`); the mark moves with the last
+one, and until it does readers ignore rows of ``user_events`` after the mark.
 
 The ids of the events not folded yet (the tail) are kept in memory by user (`Tail`),
 and every read by user adds them to what the table gives (`UserLog`). A reader reads
@@ -20,6 +18,10 @@ snapshot may predate the last folds, so the ids of the last `KEPT_FOLDS` folds s
 memory too, and an older snapshot scans the table for them instead (correct, only
 slower). Ids in memory are candidates: rows are looked up in the reader's snapshot,
 so ids committed after it, rolled back or trimmed are not seen.
+
+Retention drops a user's oldest events by raising their floor (`ssehub.stores._sqlite_trim`),
+in memory first and in ``trimmed`` with the next fold; every read skips the user's ids up
+to the floor, so rows still in the file until that fold are never seen.
 """
 
 from __future__ import annotations
@@ -27,30 +29,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from ssehub.stores._sqlite_sql import BROADCAST, MAX_ID
 
 KEPT_FOLDS = 2  # folded spans kept in memory for readers whose snapshot predates them
-MAX_TAIL = 100_000  # events not folded past which a fold starts before its time
-SLICE_ROWS = 2_000  # a slice of a fold: at most about this many events...
-SLICE_USERS = 64  # ...or this many users (each a page of ``user_events`` to write)
 
-# Every event after ``?1`` into the table; broadcasts are there already (OR IGNORE).
-_FOLD_AFTER = (
-    "INSERT OR IGNORE INTO user_events (user_id, id) "
-    "SELECT user_id, id FROM events WHERE id > ?1 ORDER BY user_id, id"
-)
-# The events of these ids (a JSON list) that still exist into the table.
-_FOLD_IDS = (
-    "INSERT OR IGNORE INTO user_events (user_id, id) SELECT user_id, id FROM events "
-    "WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY user_id, id"
-)
 UPTO = "SELECT value FROM meta WHERE name = 'user_events_upto'"
-_SET_UPTO = "UPDATE meta SET value = ? WHERE name = 'user_events_upto'"
 
 _TAIL_ROWS = (
     "SELECT id, {column} FROM events WHERE id IN (SELECT value FROM json_each(?1)) "
@@ -59,43 +45,40 @@ _TAIL_ROWS = (
 _SCAN_TAIL = "SELECT id FROM events WHERE id > ?1 AND user_id = ?2 ORDER BY id"
 
 
-def fold_by_range(cur: sqlite3.Cursor, upto: int, last_id: int) -> None:
-    """Fold every event after the mark ``upto`` and move the mark to ``last_id`` (the
-    newest id given out), whatever memory holds: on opening the file, after a rollback."""
-    if upto < last_id:
-        cur.execute(_FOLD_AFTER, (upto,))
-        cur.execute(_SET_UPTO, (last_id,))
+class Span:
+    """What the writer did after the id ``after``, up to the fold that closed it: ids of
+    the events it inserted, by user, and what retention dropped (`_sqlite_trim`)."""
 
-
-class _Span:
-    """Ids of the events after ``after``, by user, up to the fold that closed it."""
-
-    __slots__ = ("after", "ids")
+    __slots__ = ("after", "dropped", "floors", "ids")
 
     def __init__(self, after: int) -> None:
         self.after = after
         self.ids: dict[str, list[int]] = {}
+        self.floors: dict[str, int] = {}  # users' newest id dropped, rows still in the file
+        self.dropped: list[int] = []  # ids of those rows
 
 
 class Tail:
-    """Ids of the events not yet folded into ``user_events``, by user.
+    """What the file does not say yet: ids of the events not folded into ``user_events``
+    by user, and floors retention moved that ``trimmed`` does not hold yet.
 
-    The writer thread adds ids as it inserts rows (`add`), cuts the span a fold takes
-    (`cut`) and reports the fold committed (`folded`); reader threads take a user's ids
-    (`ids`). ``upto`` is the newest fold the writer committed.
+    The writer thread adds ids as it inserts rows (`add`) and floors after each commit
+    (`trimmed`), cuts the span a fold takes (`cut`) and reports the fold committed
+    (`folded`); reader threads take a user's ids (`ids`) and floor (`floor`). ``upto``
+    is the newest fold the writer committed.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.upto = 0
-        self._spans: deque[_Span] = deque([_Span(0)])  # oldest first; the last one is open
-        self.size = 0  # ids in the open span
+        self._spans: deque[Span] = deque([Span(0)])  # oldest first; the last one is open
+        self.size = 0  # ids and dropped rows in the open span: work for the next fold
 
     def start(self, upto: int) -> None:
         """On opening the file: every event up to ``upto`` is folded, none in memory."""
         with self._lock:
             self.upto = upto
-            self._spans = deque([_Span(upto)])
+            self._spans = deque([Span(upto)])
             self.size = 0
 
     def add(self, pairs: list[tuple[str, int]]) -> None:
@@ -110,12 +93,20 @@ class Tail:
                     found.append(event_id)
             self.size += len(pairs)
 
-    def cut(self, upto: int) -> dict[str, list[int]]:
-        """A fold of every event up to ``upto`` (the newest) starts: return their ids by
-        user, and keep newer ones apart."""
+    def trimmed(self, floors: dict[str, int], dropped: list[int]) -> None:
+        """The writer committed these users' new floors, dropping the rows ``dropped``."""
         with self._lock:
-            closed = self._spans[-1].ids
-            self._spans.append(_Span(upto))
+            span = self._spans[-1]
+            span.floors.update(floors)  # a floor only rises
+            span.dropped += dropped
+            self.size += len(dropped)  # work for the next fold
+
+    def cut(self, upto: int) -> Span:
+        """A fold of every event up to ``upto`` (the newest) starts: return the open
+        span, and keep what comes next apart."""
+        with self._lock:
+            closed = self._spans[-1]
+            self._spans.append(Span(upto))
             self.size = 0
             return closed
 
@@ -140,106 +131,33 @@ class Tail:
                     found += [n for n in span.ids.get(user_id, ()) if n > after]
             return found
 
+    def floor(self, user_id: str) -> int:
+        """The newest floor of ``user_id`` in memory, 0 if none."""
+        with self._lock:
+            for span in reversed(self._spans):
+                found = span.floors.get(user_id)
+                if found is not None:
+                    return found
+            return 0
 
-class Folds:
-    """When the writer folds the tail into ``user_events``, and the slices of a fold under
-    way. Every method runs on the writer thread.
-
-    Args:
-        tail: the ids in memory.
-        interval: seconds between folds.
-    """
-
-    def __init__(self, tail: Tail, interval: float) -> None:
-        self.tail = tail
-        self.interval = interval
-        self._slices: deque[list[int]] = deque()  # ids of a few users each, in user order
-        self._target = 0  # the mark the fold under way moves to
-        self._whole = False  # fold every event after the mark at once (after a rollback)
-        self._at = time.monotonic()  # of the last fold's end
-        self._stepped = False  # the transaction under way folds (a slice, or the whole)
-
-    def wait(self) -> float | None:
-        """Seconds an idle writer waits before its next slice; None: nothing to fold."""
-        if self._slices:
-            return 0.0
-        if not self.tail.size and not self._whole:
-            return None
-        return max(0.0, self._at + self.interval - time.monotonic())
-
-    def step(self, cur: sqlite3.Cursor, last_id: int) -> None:
-        """Inside a transaction of the writer's, after its jobs: fold what is due.
-
-        ``last_id`` is the newest id given out. Call `committed` after the commit, or
-        `rolled_back`.
-        """
-        self._stepped = False
-        if self._whole:  # by range, whatever memory holds
-            if self.wait():
-                return
-            self._target = last_id
-            fold_by_range(cur, self.tail.upto, last_id)
-            self._stepped = True
-            return
-        if not self._slices:
-            if not self.tail.size:
-                return
-            if self.tail.size < MAX_TAIL and self.wait():
-                return
-            self._target = last_id
-            self._slices.extend(_slices(self.tail.cut(last_id)))
-        self._stepped = True
-        cur.execute(_FOLD_IDS, (json.dumps(self._slices[0]),))
-        if len(self._slices) == 1:
-            cur.execute(_SET_UPTO, (self._target,))
-
-    def committed(self) -> None:
-        """The transaction of the last `step` is committed."""
-        if not self._stepped:
-            return
-        self._stepped = False
-        if self._whole:
-            self._whole = False
-            self.tail.start(self._target)  # readers of older snapshots scan instead
-        elif self._slices:
-            self._slices.popleft()
-            if self._slices:
-                return
-            self.tail.folded(self._target)
-        self._at = time.monotonic()
-
-    def rolled_back(self) -> None:
-        """The transaction of the last `step` is rolled back.
-
-        Ids it gave out may be given again, to rows memory would file after the fold's
-        mark: the next transaction folds every event after the mark by range instead.
-        """
-        self._stepped = False
-        self._slices.clear()
-        self._whole = True
-        self._at = time.monotonic()  # not at once: the disk may still refuse
-
-
-def _slices(closed: dict[str, list[int]]) -> Iterator[list[int]]:
-    """The ids of ``closed`` in lists of a few users each, in user order."""
-    ids: list[int] = []
-    users = 0
-    for user_id in sorted(closed):
-        ids += closed[user_id]
-        users += 1
-        if len(ids) >= SLICE_ROWS or users >= SLICE_USERS:
-            yield ids
-            ids, users = [], 0
-    yield ids  # the last slice moves the mark, even if it is empty
+    def floors(self) -> tuple[dict[str, int], list[int]]:
+        """Every floor in memory, and the ids of every row dropped below them."""
+        with self._lock:
+            floors: dict[str, int] = {}
+            dropped: list[int] = []
+            for span in self._spans:  # oldest first: newer floors replace older ones
+                floors.update(span.floors)
+                dropped += span.dropped
+            return floors, dropped
 
 
 class UserLog:
     """Users' events as one snapshot (one read transaction, or the writer's) sees them:
-    the rows of ``user_events`` and, after them, the tail's.
+    the rows of ``user_events`` and, after them, the tail's, above the user's floor.
 
     Args:
         cur: a cursor inside the transaction.
-        tail: the ids in memory.
+        tail: what memory holds.
         upto: the fold this transaction sees (default: read it from the file).
     """
 
@@ -248,6 +166,26 @@ class UserLog:
         self._tail = tail
         self.upto: int = cur.execute(UPTO).fetchone()[0] if upto is None else upto
         self._cached: tuple[str, str] | None = None  # (user, JSON of their tail ids)
+        self._floors: dict[str, int] = {}
+
+    def floor(self, user_id: str) -> int:
+        """The newest id of the user's that retention dropped, 0 if none: in ``trimmed``
+        or, newer, in memory. Memory may hold a floor newer than this snapshot (moved by
+        an event it does not see): hiding what is being dropped anyway loses nothing."""
+        found = self._floors.get(user_id)
+        if found is None:
+            found = self._floors[user_id] = max(self._written(user_id), self._tail.floor(user_id))
+        return found
+
+    def floor_in_memory(self, user_id: str) -> bool:
+        """The user's floor is newer than ``trimmed`` says in this snapshot."""
+        memory = self._tail.floor(user_id)
+        return memory > 0 and memory > self._written(user_id)
+
+    def _written(self, user_id: str) -> int:
+        found = self.cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (user_id,))
+        row = found.fetchone()
+        return int(row[0]) if row else 0
 
     def _folded(self, user_id: str) -> int:
         """The newest id of ``user_events`` this snapshot reads for ``user_id`` (rows after
@@ -269,24 +207,40 @@ class UserLog:
         return found
 
     def tail_rows(self, user_id: str, after: int, column: str) -> list[tuple[Any, ...]]:
-        """``(id, column)`` of the user's events in the tail after ``after``, in order."""
+        """``(id, column)`` of the user's kept events in the tail after ``after``, in order."""
         ids = self._tail_ids(user_id)
         if ids is None:
             return []
         sql = _TAIL_ROWS.format(column=column)
+        after = max(after, self.floor(user_id))
         return self.cur.execute(sql, (ids, user_id, after)).fetchall()
 
     def rows(
         self, user_id: str, after: int, limit: int, column: str = "payload"
     ) -> list[tuple[Any, ...]]:
-        """``(id, column)`` of up to ``limit`` of the user's events after ``after``."""
+        """``(id, column)`` of up to ``limit`` of the user's kept events after ``after``."""
         found: list[tuple[Any, ...]] = self.cur.execute(
             f"SELECT e.id, e.{column} FROM user_events u CROSS JOIN events e ON e.id = u.id "
             "WHERE u.user_id = ? AND u.id > ? AND u.id <= ? ORDER BY u.id LIMIT ?",
-            (user_id, after, self._folded(user_id), limit),
+            (user_id, max(after, self.floor(user_id)), self._folded(user_id), limit),
         ).fetchall()
         if len(found) < limit:
             found += self.tail_rows(user_id, after, column)[: limit - len(found)]
+        return found
+
+    def ids(self, user_id: str, after: int, limit: int) -> list[int]:
+        """Ids of up to ``limit`` of the user's kept events after ``after``, from
+        ``user_events`` alone where it has them (no page of ``events`` is read)."""
+        found = [
+            row_id
+            for (row_id,) in self.cur.execute(
+                "SELECT id FROM user_events WHERE user_id = ? AND id > ? AND id <= ? "
+                "ORDER BY id LIMIT ?",
+                (user_id, max(after, self.floor(user_id)), self._folded(user_id), limit),
+            )
+        ]
+        if len(found) < limit:
+            found += [row[0] for row in self.tail_rows(user_id, after, "1")[: limit - len(found)]]
         return found
 
     def newest(self, user_id: str) -> int:
@@ -295,8 +249,9 @@ class UserLog:
         if tail:
             return int(tail[-1][0])
         found = self.cur.execute(
-            "SELECT id FROM user_events WHERE user_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
-            (user_id, self._folded(user_id)),
+            "SELECT id FROM user_events WHERE user_id = ? AND id > ? AND id <= ? "
+            "ORDER BY id DESC LIMIT 1",
+            (user_id, self.floor(user_id), self._folded(user_id)),
         ).fetchone()
         return int(found[0]) if found else 0
 
@@ -308,7 +263,7 @@ class UserLog:
         """`count` in the table only."""
         found = self.cur.execute(
             "SELECT count(*) FROM user_events WHERE user_id = ? AND id > ? AND id <= ?",
-            (user_id, after, self._folded(user_id)),
+            (user_id, max(after, self.floor(user_id)), self._folded(user_id)),
         )
         count: int = found.fetchone()[0]
         return count

@@ -5,16 +5,15 @@ waiting, runs them in one transaction, commits, and then hands the results back 
 loop with ``call_soon_threadsafe``: new events go to ``deliver`` (in id order) before the
 futures resolve. Retention runs here too, so the loop never waits for the disk.
 Checkpoints of the WAL run on a thread of their own (`Checkpointer`). About once a
-second a transaction also folds the newest events into ``user_events`` (`_sqlite_tail`).
+second a transaction also folds the newest events into ``user_events`` and writes what
+retention dropped (`_sqlite_folds`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
-import json
 import logging
 import queue
 import sqlite3
@@ -27,9 +26,11 @@ from typing import Any
 from ssehub.events import StoredEvent
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._sqlite_checkpoint import Checkpointer
+from ssehub.stores._sqlite_folds import Folds, fold_by_range
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION, mark_dropped
-from ssehub.stores._sqlite_tail import UPTO, Folds, Tail, UserLog, fold_by_range
+from ssehub.stores._sqlite_tail import UPTO, Tail, UserLog
+from ssehub.stores._sqlite_trim import Trimmer
 from ssehub.stores.base import Retention
 
 logger = logging.getLogger("ssehub.stores.sqlite")
@@ -37,10 +38,9 @@ logger = logging.getLogger("ssehub.stores.sqlite")
 MAX_BATCH_EVENTS = 10_000  # events written in one transaction
 MAX_QUEUED_EVENTS = 100_000  # beyond this, submitting fails fast with StoreUnavailable
 SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
-_COUNT_CACHE = 65_536  # users whose kept-event count the writer remembers
 _PAUSE_SECONDS = 0.001  # how often a paused writer looks again
-_TRIM_CHUNK = 256  # a user's events read at once while trimming by age
 _STOP = object()
+_USERS_AFTER = "SELECT DISTINCT user_id FROM events WHERE id > ? AND user_id != ?"
 
 Appended = list[tuple[str, StoredEvent]]
 
@@ -92,12 +92,11 @@ class Writer:
         self._queued = 0  # events submitted and not yet resolved (touched on the loop only)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Thread state: kept-event count and oldest ``created`` per user (an LRU).
-        self._counts: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._last_created = 0.0
         self.sessions = Sessions()  # thread state: touch only in jobs
         self.tail = Tail()  # written by the thread, read by the readers too
         self._folds = Folds(self.tail, index_interval)  # thread state
+        self._trimmer = Trimmer(self.tail, retention)  # thread state
         self._checkpointer = Checkpointer(path, synchronous=synchronous)
 
     @property
@@ -203,6 +202,7 @@ class Writer:
                     with contextlib.suppress(sqlite3.Error):
                         cur.execute("PRAGMA wal_autocheckpoint=1000")
                     self_checkpointing = True
+            self._flush(cur)
         finally:
             self._checkpointer.stop()
             conn.close()  # the last connection to close checkpoints what is left
@@ -243,16 +243,33 @@ class Writer:
     def _fold_at_open(self, cur: sqlite3.Cursor) -> None:
         # Events the last process wrote after its last fold (it may have been killed),
         # or every event of a file from before ``user_events``, whose index goes.
+        # Users with such events may have had floors in memory only: trim them again.
         cur.execute("BEGIN IMMEDIATE")
         try:
             (upto,) = cur.execute(UPTO).fetchone()
+            found = cur.execute(_USERS_AFTER, (upto, BROADCAST)).fetchall()
             fold_by_range(cur, upto, self.sessions.last_id)
+            self.tail.start(self.sessions.last_id)  # (nobody reads before the commit)
+            now = time.time()
+            for (user_id,) in found:
+                self._trimmer.trim(cur, user_id, 0, now)
+            self._trimmer.write(cur)
             cur.execute("DROP INDEX IF EXISTS events_by_user")
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        self.tail.start(self.sessions.last_id)
+
+    def _flush(self, cur: sqlite3.Cursor) -> None:
+        # Stopping: what retention dropped goes from the file now, not at the next open.
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            self._folds.flush(cur)
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            logger.warning("SQLite: dropped events stay in the file until read: %s", exc)
 
     def _write(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
         results: list[Any] = []
@@ -267,7 +284,7 @@ class Writer:
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
-            self._counts.clear()  # it may count rows that were rolled back
+            self._trimmer.rolled_back()
             self._folds.rolled_back()
             self.sessions.dirty = True  # and sessions may have changed in memory only
             if isinstance(exc, sqlite3.Error):
@@ -276,6 +293,7 @@ class Writer:
             self._call_on_loop(self._fail, batch, exc)
             return
         self._folds.committed()
+        self._trimmer.committed()  # after: a fold by range starts memory again
         if batch:
             self._call_on_loop(self._finish, batch, results)
 
@@ -327,7 +345,7 @@ class Writer:
             added[user_id] = added.get(user_id, 0) + 1
         self.tail.add(pairs)
         for user_id, count in added.items():
-            self._trim_user(cur, user_id, count, now)
+            self._trimmer.trim(cur, user_id, count, now)
         return stored
 
     def _broadcast(self, cur: sqlite3.Cursor, user_ids: list[str], payload: bytes) -> Appended:
@@ -339,53 +357,12 @@ class Writer:
         event_id = self.sessions.last_id = cur.lastrowid or 0
         cur.execute("INSERT INTO user_events (user_id, id) VALUES (?, ?)", (BROADCAST, event_id))
         covered, alone = self.sessions.broadcast(cur, event_id, user_ids)
-        self._trim_user(cur, BROADCAST, 1, now)
+        self._trimmer.trim(cur, BROADCAST, 1, now)
         event = StoredEvent(str(event_id), payload, (event_id, 0))
         appended = [(user_id, event) for user_id in covered]
         if alone:  # not watched (yet, or any more): a row each, as before
             appended += self._insert(cur, [(user_id, payload) for user_id in alone])
         return appended
-
-    def _trim_user(self, cur: sqlite3.Cursor, user_id: str, added: int, now: float) -> None:
-        log = None
-        cached = self._counts.pop(user_id, None)
-        if cached is None:
-            log = UserLog(cur, self.tail, self.tail.upto)
-            count = log.count(user_id)
-            (oldest,) = log.rows(user_id, 0, 1, "created")[0][1:]
-        else:
-            count, oldest = cached[0] + added, cached[1]
-        excess = count - self.retention.max_events
-        cutoff = now - self.retention.max_age
-        if excess > 0 or oldest < cutoff:
-            log = log or UserLog(cur, self.tail, self.tail.upto)
-            dropped: list[int] = []
-            after, chunk = 0, max(excess + 1, _TRIM_CHUNK if oldest < cutoff else 1)
-            while True:
-                rows = log.rows(user_id, after, chunk, "created")
-                for row_id, created in rows:
-                    if len(dropped) >= excess and created >= cutoff:
-                        oldest = created
-                        break
-                    dropped.append(row_id)
-                else:
-                    if len(rows) == chunk:
-                        after, chunk = rows[-1][0], _TRIM_CHUNK
-                        continue
-                break
-            if dropped:
-                cur.execute(
-                    "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(dropped),),
-                )
-                cur.execute(
-                    "DELETE FROM user_events WHERE user_id = ? AND id <= ?", (user_id, dropped[-1])
-                )
-                mark_dropped(cur, [(user_id, dropped[-1])])
-                count -= len(dropped)
-        self._counts[user_id] = (count, oldest)
-        if len(self._counts) > _COUNT_CACHE:
-            self._counts.popitem(last=False)
 
     def sweep_chunk(self, cur: sqlite3.Cursor) -> int:
         """Delete up to `SWEEP_CHUNK` expired events; return how many (a job)."""
@@ -409,7 +386,7 @@ class Writer:
             )
             mark_dropped(cur, list(newest.items()))
             for user_id in newest:
-                self._counts.pop(user_id, None)
+                self._trimmer.forget(user_id)
             # Forget users nobody knows who have nothing kept any more, as MemoryStore does
             # (the mark of broadcasts is kept: sessions need it).
             newest.pop(BROADCAST, None)

@@ -28,7 +28,13 @@ from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores._sqlite_outbox import SqliteOutbox
 from ssehub.stores._sqlite_presence import PresenceBuffer
 from ssehub.stores._sqlite_readers import Readers
-from ssehub.stores._sqlite_reads import PENDING_SQL, presence_of, read_after, user_record
+from ssehub.stores._sqlite_reads import (
+    PENDING_SQL,
+    count_after,
+    presence_of,
+    read_after,
+    user_record,
+)
 from ssehub.stores._sqlite_sessions import Sessions
 from ssehub.stores._sqlite_sql import MAX_ID, lock_file
 from ssehub.stores._sqlite_tail import UserLog
@@ -294,7 +300,10 @@ class SqliteStore(LocalFanout):
         user_id, connections, last_seen, cursor, cursor_n, pending = row
         if connections > 0:
             return UserRecord(user_id, True, connections, now, cursor, 0)
-        pending += log.count_tail(user_id, cursor_n or 0)
+        if log.floor_in_memory(user_id):  # the query counted rows dropped since
+            pending = count_after(log, user_id, cursor_n or 0)
+        else:
+            pending += log.count_tail(user_id, cursor_n or 0)
         return UserRecord(user_id, True, 0, last_seen, cursor, pending)
 
     async def watch(self, user_id: str) -> None:
