@@ -19,7 +19,14 @@ from ssehub.exceptions import StoreUnavailable
 from ssehub.stores import ReadResult, Retention
 from ssehub.stores.sqlite import SqliteStore
 from tests.stores.conftest import Opener
-from tests.stores.test_sqlite_user_events import FOREVER, events_rows, ids_of, indexed_rows, rows
+from tests.stores.test_sqlite_user_events import (
+    FOREVER,
+    events_rows,
+    folded_upto,
+    ids_of,
+    indexed_rows,
+    rows,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -84,9 +91,11 @@ async def test_a_clean_close_leaves_only_what_is_kept_in_the_file(
     sent = [await store.append("alice", f"data: {n}\n".encode()) for n in range(10)]
     assert len(ids_of(path, "events", "alice")) == 10  # no fold ran: the rows are there
     await assert_keeps_the_newest(store, "alice", sent)
-    await store.close()
+    await store.close()  # and folds: the next opening has nothing to fold or trim
     assert ids_of(path, "events", "alice") == [int(event.id) for event in sent[-KEEP:]]
     assert floor_of(path, "alice") == int(sent[-KEEP - 1].id)
+    assert indexed_rows(path) == events_rows(path)
+    assert folded_upto(path) == int(sent[-1].id)
     again = await open_sqlite(path, retention=RETENTION, index_interval=FOREVER)
     await assert_keeps_the_newest(again, "alice", sent)
     assert indexed_rows(path) == events_rows(path)

@@ -261,9 +261,11 @@ class Writer:
             raise
 
     def _flush(self, cur: sqlite3.Cursor) -> None:
-        # Stopping: what retention dropped goes from the file now, not at the next open.
+        # Stopping: fold the tail and write what retention dropped now, so the next
+        # opening has nothing to fold or trim again.
         try:
             cur.execute("BEGIN IMMEDIATE")
+            fold_by_range(cur, self.tail.upto, self.sessions.last_id)
             self._folds.flush(cur)
             cur.execute("COMMIT")
         except sqlite3.Error as exc:
