@@ -22,7 +22,7 @@ from ssehub.stores._sqlite_tail import Tail, UserLog
 from ssehub.stores.base import Retention
 
 _USERS_KEPT = 65_536  # users whose kept events the writer remembers
-_READ_AHEAD = 32  # ids of a user's oldest kept events read at once, to drop one by one
+_READ_AHEAD = 16  # ids of a user's oldest kept events read at once, to drop one by one
 _AGE_CHUNK = 256  # a user's events read at once while dropping by age
 
 
