@@ -8,7 +8,6 @@ gone, across a fold, a clean close, a kill -9 and a rolled-back transaction.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.stores.test_sqlite_user_events import (
     ids_of,
     indexed_rows,
     rows,
+    run_until_killed,
 )
 
 pytestmark = pytest.mark.anyio
@@ -127,9 +127,7 @@ async def test_floors_only_memory_held_before_a_kill_are_found_again_on_opening(
     open_sqlite: Opener, tmp_path: Path
 ) -> None:
     path = tmp_path / "hub.db"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", KILLED, str(path))
-    async with asyncio.timeout(30):
-        assert await process.wait() == -9
+    await run_until_killed(KILLED, path)
     assert len(ids_of(path, "events", "alice")) == 10  # 3 kept, then 7 more
     store = await open_sqlite(path, retention=RETENTION, index_interval=FOREVER)
     found = await store.read_after("alice", None, limit=100)

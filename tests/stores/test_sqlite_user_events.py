@@ -205,13 +205,18 @@ asyncio.run(main())
 """
 
 
+async def run_until_killed(script: str, path: Path) -> None:
+    """Run ``script`` on the file ``path`` in a child process that kills itself (-9)."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(path))
+    async with asyncio.timeout(30):
+        assert await process.wait() == -9
+
+
 async def test_rows_written_before_a_kill_are_folded_when_the_file_opens_again(
     open_sqlite: Opener, tmp_path: Path
 ) -> None:
     path = tmp_path / "hub.db"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", KILLED_WRITER, str(path))
-    async with asyncio.timeout(30):
-        assert await process.wait() == -9
+    await run_until_killed(KILLED_WRITER, path)
     assert [row for row in indexed_rows(path) if row[0] != ""] == []  # nothing was folded
     store = await open_sqlite(path, index_interval=FOREVER)
     alice = [*ALICE, ALL]

@@ -119,8 +119,7 @@ class Folds:
             if self.wait():
                 return
             self._target = last_id
-            fold_by_range(cur, self.tail.upto, last_id)
-            self.flush(cur)
+            self.fold_all(cur, last_id)
             self._stepped = True
             return
         if not self._slices:
@@ -164,9 +163,11 @@ class Folds:
         self._whole = True
         self._at = time.monotonic()  # not at once: the disk may still refuse
 
-    def flush(self, cur: sqlite3.Cursor) -> None:
-        """Write every floor memory holds and delete every row dropped below them (when
-        the writer stops, or after a rollback); a fold under way is given up."""
+    def fold_all(self, cur: sqlite3.Cursor, last_id: int) -> None:
+        """Fold every event after the mark by range, write every floor memory holds and
+        delete every row dropped below them (when the writer stops, or after a
+        rollback); a fold under way is given up. ``last_id``: the newest id given out."""
+        fold_by_range(cur, self.tail.upto, last_id)
         floors, dropped = self.tail.floors()
         self._slices.clear()
         write_floors(cur, sorted(floors.items()))

@@ -69,7 +69,7 @@ def read_after(log: UserLog, user_id: str, after: tuple[int, int] | None, limit:
     dropped = log.floor(user_id)
     last = max(log.newest(user_id), dropped)
     if sessions:
-        shared_dropped = _broadcasts_dropped(cur, sessions)
+        shared_dropped = _broadcasts_dropped(log.floor(BROADCAST), sessions)
         dropped = max(dropped, shared_dropped)
         last = max(last, shared_dropped, _newest_broadcast(cur, sessions))
     if last == 0:
@@ -94,17 +94,15 @@ def _newest_broadcast(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) -> i
     return 0
 
 
-def _broadcasts_dropped(cur: sqlite3.Cursor, sessions: list[tuple[int, int]]) -> int:
-    """The newest id up to which retention may have dropped broadcasts in these sessions.
+def _broadcasts_dropped(dropped: int, sessions: list[tuple[int, int]]) -> int:
+    """The newest id up to which retention may have dropped broadcasts in these sessions,
+    given ``dropped``, the newest broadcast dropped (0: none).
 
     Exact when the newest broadcast dropped fell in one of them; otherwise the end of
     the newest session that began before it (a broadcast in it may have been dropped).
     """
-    mark = cur.execute("SELECT dropped_id FROM trimmed WHERE user_id = ?", (BROADCAST,))
-    found = mark.fetchone()
-    if not found:
+    if not dropped:
         return 0
-    dropped: int = found[0]
     for from_id, to_id in sessions:
         if from_id < dropped:
             return min(to_id, dropped)

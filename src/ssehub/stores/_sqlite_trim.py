@@ -13,11 +13,10 @@ read through sessions) are deleted at once, as before: there are few of them.
 from __future__ import annotations
 
 import collections
-import json
 import sqlite3
 
 from ssehub.stores._sqlite_folds import drop_events, write_floors
-from ssehub.stores._sqlite_sql import BROADCAST, mark_dropped
+from ssehub.stores._sqlite_sql import BROADCAST
 from ssehub.stores._sqlite_tail import Tail, UserLog
 from ssehub.stores.base import Retention
 
@@ -123,12 +122,8 @@ class Trimmer:
             self._floors[user_id] = dropped[-1]
             self._dropped += dropped
             return
-        cur.execute(
-            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(dropped),),
-        )
-        cur.execute("DELETE FROM user_events WHERE user_id = ? AND id <= ?", (user_id, dropped[-1]))
-        mark_dropped(cur, [(user_id, dropped[-1])])
+        write_floors(cur, [(user_id, dropped[-1])])
+        drop_events(cur, dropped)
 
     def forget(self, user_id: str) -> None:
         """Rows of ``user_id`` were deleted some other way (the sweep): read them again."""

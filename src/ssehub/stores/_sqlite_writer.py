@@ -26,9 +26,9 @@ from typing import Any
 from ssehub.events import StoredEvent
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores._sqlite_checkpoint import Checkpointer
-from ssehub.stores._sqlite_folds import Folds, fold_by_range
+from ssehub.stores._sqlite_folds import Folds, fold_by_range, write_floors
 from ssehub.stores._sqlite_sessions import Sessions
-from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION, mark_dropped
+from ssehub.stores._sqlite_sql import BROADCAST, SCHEMA, SCHEMA_VERSION
 from ssehub.stores._sqlite_tail import UPTO, Tail, UserLog
 from ssehub.stores._sqlite_trim import Trimmer
 from ssehub.stores.base import Retention
@@ -265,8 +265,7 @@ class Writer:
         # opening has nothing to fold or trim again.
         try:
             cur.execute("BEGIN IMMEDIATE")
-            fold_by_range(cur, self.tail.upto, self.sessions.last_id)
-            self._folds.flush(cur)
+            self._folds.fold_all(cur, self.sessions.last_id)
             cur.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -383,10 +382,7 @@ class Writer:
         rows.close()
         if boundary is not None:
             cur.execute("DELETE FROM events WHERE id <= ?", (boundary,))
-            cur.executemany(
-                "DELETE FROM user_events WHERE user_id = ? AND id <= ?", list(newest.items())
-            )
-            mark_dropped(cur, list(newest.items()))
+            write_floors(cur, list(newest.items()))
             for user_id in newest:
                 self._trimmer.forget(user_id)
             # Forget users nobody knows who have nothing kept any more, as MemoryStore does
