@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -90,3 +91,33 @@ async def test_a_message_no_stream_got_in_time_is_undelivered_with_its_data() ->
         ("carol", UndeliveredMessage(lost, "report", {"n": 1})),
         ("erin", UndeliveredMessage(last, None, "42")),
     ]
+
+
+class SlowRefreshStore(MemoryStore):
+    """A memory store whose presence refresh (every keep-alive) waits for the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def refresh_presence(self, user_ids: Sequence[str]) -> None:
+        self.refreshing.set()
+        await self.go_on.wait()
+        await super().refresh_presence(user_ids)
+
+
+async def test_a_stream_closed_while_the_keepalive_refreshes_presence_still_goes_offline() -> None:
+    store = SlowRefreshStore()
+    hub = Hub(store, keepalive=0.05, offline_grace=0.1)
+    got: asyncio.Queue[PresenceEvent] = asyncio.Queue()
+    hub.presence.subscribe(got.put_nowait)
+    async with hub.running():
+        stream = await hub.open("alice", RecordingSink())
+        assert (await next_event(got)).type == USER_ONLINE
+        async with asyncio.timeout(3):
+            await store.refreshing.wait()  # the tick listed alice, and waits
+        hub.release(stream)
+        store.go_on.set()  # the tick's heartbeat must not bring alice back
+        offline = await next_event(got)
+        assert (offline.type, offline.user_id) == (USER_OFFLINE, "alice")

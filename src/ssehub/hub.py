@@ -92,7 +92,7 @@ class Hub(Service):
             [self._feed.registry],
             store,
             drop_slow=self.drop_slow,
-            heartbeat=self.presence.heartbeat,
+            heartbeat=self._heartbeat,
         )
         self._announced: set[str] = set()  # users whose streams here presence knows of
         self._watching: dict[str, asyncio.Future[None]] = {}  # users being subscribed to
@@ -367,6 +367,12 @@ class Hub(Service):
             self._delivered_ids[user_id] = last
         if self._track is not None:  # a replay in time is a delivery
             self._track[user_id] = self._delivered_ids[user_id]
+
+    def _heartbeat(self, user_ids: list[str]) -> None:
+        # The tick listed ``user_ids`` before awaiting the store: a user whose last
+        # stream closed since then is already told closed, and must not be told open.
+        announced = self._announced
+        self.presence.heartbeat([user_id for user_id in user_ids if user_id in announced])
 
     def release(self, connection: Connection) -> None:
         """Forget a stream that ended, for whatever reason. Idempotent."""
