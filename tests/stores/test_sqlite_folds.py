@@ -163,3 +163,29 @@ def test_floors_are_written_and_dropped_rows_deleted_in_the_slices_of_a_fold(fil
     assert file.writer.execute("SELECT * FROM user_events ORDER BY 1, 2").fetchall() == kept
     floors = file.writer.execute("SELECT user_id, dropped_id FROM trimmed").fetchall()
     assert dict(floors) == file.floors
+
+
+def test_reads_in_parts_of_the_tail_skip_the_ids_memory_holds_that_a_snapshot_lacks(
+    file: File,
+) -> None:
+    file.append(rounds=40)
+    user = USERS[0]
+    sent = file.sent[user]
+    gone = set(sent[1:30:2])  # rows deleted behind memory's back (as the age sweep does)
+    file.writer.executemany("DELETE FROM events WHERE id = ?", [(n,) for n in sorted(gone)])
+    kept = [n for n in sent if n not in gone]
+    cur = file.reader.cursor()
+    cur.execute("BEGIN")  # a snapshot older than what comes next
+    log = UserLog(cur, file.tail)
+    file.append(rounds=100)  # candidates in memory this snapshot does not hold
+    assert [row[0] for row in log.rows(user, 0, 5)] == kept[:5]
+    assert log.ids(user, kept[3], 7) == kept[4:11]
+    assert log.ids(user, 0, 1000) == kept
+    assert log.count(user) == len(kept)
+    assert log.newest(user) == kept[-1]
+    cur.execute("COMMIT")
+    cur.execute("BEGIN")
+    log = UserLog(cur, file.tail)
+    assert log.newest(user) == file.sent[user][-1]
+    assert log.ids(user, kept[-1], 3) == file.sent[user][40:43]
+    cur.execute("COMMIT")

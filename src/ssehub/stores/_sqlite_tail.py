@@ -26,6 +26,7 @@ to the floor, so rows still in the file until that fold are never seen.
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import threading
@@ -40,7 +41,7 @@ UPTO = "SELECT value FROM meta WHERE name = 'user_events_upto'"
 
 _TAIL_ROWS = (
     "SELECT id, {column} FROM events WHERE id IN (SELECT value FROM json_each(?1)) "
-    "AND user_id = ?2 AND id > ?3 ORDER BY id"
+    "AND user_id = ?2 ORDER BY id"
 )
 _SCAN_TAIL = "SELECT id FROM events WHERE id > ?1 AND user_id = ?2 ORDER BY id"
 
@@ -165,7 +166,7 @@ class UserLog:
         self.cur = cur
         self._tail = tail
         self.upto: int = cur.execute(UPTO).fetchone()[0] if upto is None else upto
-        self._cached: tuple[str, str] | None = None  # (user, JSON of their tail ids)
+        self._cached: tuple[str, list[int]] | None = None  # (user, their tail ids)
         self._floors: dict[str, int] = {}
 
     def floor(self, user_id: str) -> int:
@@ -192,28 +193,59 @@ class UserLog:
         the mark, from a fold under way, are in memory too)."""
         return MAX_ID if user_id == BROADCAST else self.upto
 
-    def _tail_ids(self, user_id: str) -> str | None:
-        """JSON of the candidate ids of ``user_id`` after the fold, None if there are none."""
+    def _tail_ids(self, user_id: str) -> list[int]:
+        """The candidate ids of ``user_id`` after the fold, in order (memory's, or the
+        table's when this snapshot is older than what memory holds)."""
         if self._cached is not None and self._cached[0] == user_id:
             return self._cached[1]
         if user_id == BROADCAST:
-            return None  # broadcasts are in the table from the start
+            return []  # broadcasts are in the table from the start
         ids = self._tail.ids(user_id, self.upto)
         if ids is None:  # this snapshot is older than what memory holds
             ids = [row[0] for row in self.cur.execute(_SCAN_TAIL, (self.upto, user_id))]
-        found = json.dumps(ids) if ids else None
-        if found is not None:
-            self._cached = (user_id, found)
+        if ids:
+            self._cached = (user_id, ids)
+        return ids
+
+    def _look_up(self, ids: list[int], user_id: str, column: str) -> list[tuple[Any, ...]]:
+        """``(id, column)`` of the rows of ``ids`` (candidates, in order) this snapshot
+        holds for the user."""
+        sql = _TAIL_ROWS.format(column=column)
+        return self.cur.execute(sql, (json.dumps(ids), user_id)).fetchall()
+
+    def tail_rows(
+        self, user_id: str, after: int, column: str, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``(id, column)`` of the user's kept events in the tail after ``after``, in
+        order; the first ``limit`` of them if given.
+
+        Only the candidates after ``after`` are looked up, ``limit`` at a time: a log
+        whose tail holds thousands of ids (the presence log in a connect storm) is not
+        read whole to drop its oldest few.
+        """
+        ids = self._tail_ids(user_id)
+        start = bisect.bisect_right(ids, max(after, self.floor(user_id)))
+        if limit is None:
+            return self._look_up(ids[start:], user_id, column) if start < len(ids) else []
+        found: list[tuple[Any, ...]] = []
+        while start < len(ids) and len(found) < limit:
+            wanted = limit - len(found)
+            found += self._look_up(ids[start : start + wanted], user_id, column)
+            start += wanted
         return found
 
-    def tail_rows(self, user_id: str, after: int, column: str) -> list[tuple[Any, ...]]:
-        """``(id, column)`` of the user's kept events in the tail after ``after``, in order."""
+    def _newest_in_tail(self, user_id: str) -> int:
+        """The newest id of the user's kept events in the tail, 0 if none."""
         ids = self._tail_ids(user_id)
-        if ids is None:
-            return []
-        sql = _TAIL_ROWS.format(column=column)
-        after = max(after, self.floor(user_id))
-        return self.cur.execute(sql, (ids, user_id, after)).fetchall()
+        floor = self.floor(user_id)
+        end, chunk = len(ids), 16
+        while end > 0 and ids[end - 1] > floor:
+            start = max(bisect.bisect_right(ids, floor, 0, end), end - chunk)
+            found = self._look_up(ids[start:end], user_id, "1")
+            if found:
+                return int(found[-1][0])
+            end, chunk = start, chunk * 4
+        return 0
 
     def rows(
         self, user_id: str, after: int, limit: int, column: str = "payload"
@@ -225,7 +257,7 @@ class UserLog:
             (user_id, max(after, self.floor(user_id)), self._folded(user_id), limit),
         ).fetchall()
         if len(found) < limit:
-            found += self.tail_rows(user_id, after, column)[: limit - len(found)]
+            found += self.tail_rows(user_id, after, column, limit - len(found))
         return found
 
     def ids(self, user_id: str, after: int, limit: int) -> list[int]:
@@ -240,14 +272,14 @@ class UserLog:
             )
         ]
         if len(found) < limit:
-            found += [row[0] for row in self.tail_rows(user_id, after, "1")[: limit - len(found)]]
+            found += [row[0] for row in self.tail_rows(user_id, after, "1", limit - len(found))]
         return found
 
     def newest(self, user_id: str) -> int:
         """The user's newest kept event id, 0 if none."""
-        tail = self.tail_rows(user_id, 0, "1")
+        tail = self._newest_in_tail(user_id)
         if tail:
-            return int(tail[-1][0])
+            return tail
         found = self.cur.execute(
             "SELECT id FROM user_events WHERE user_id = ? AND id > ? AND id <= ? "
             "ORDER BY id DESC LIMIT 1",
