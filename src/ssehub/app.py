@@ -11,9 +11,13 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ssehub import __version__
 from ssehub.api import create_router
+from ssehub.api._publishing import Publishing
+from ssehub.api.demo import add_demo_routes
 from ssehub.api.health import add_health_routes
 from ssehub.api.metrics import add_metrics_route
 from ssehub.api.presence import add_presence_routes
+from ssehub.api.publish import add_publish_routes
+from ssehub.api.streams import add_disconnect_route
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
 from ssehub.exceptions import ConfigurationError
@@ -66,8 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.settings = settings
     app.state.auth = auth
-    # Streams are answered before routing, inside the middleware added below.
-    app.add_middleware(StreamFront, endpoint=StreamEndpoint(hub, auth))
+    # Streams and publish requests are answered before routing, inside the middleware
+    # added below.
+    publishing = Publishing(hub, auth)
+    app.add_middleware(StreamFront, endpoint=StreamEndpoint(hub, auth), posts=publishing.door)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -76,7 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key"],
         )
-    router = create_router(hub, auth=auth, publish=True, demo=True, demo_step=settings.demo_step)
+    # The routes of create_router(publish=True, demo=True), in its order, with the
+    # front door's `Publishing` behind the publish routes.
+    router = create_router(hub, auth=auth)
+    add_publish_routes(router, publishing)
+    add_disconnect_route(router, hub, auth)
+    add_demo_routes(router, hub, auth, step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
     add_metrics_route(router, hub, webhooks=webhooks.stats if webhooks else None)

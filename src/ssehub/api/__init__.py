@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi import APIRouter
 
 from ssehub.api._errors import SsehubRoute, error_response
+from ssehub.api._publishing import Publishing
 from ssehub.api.demo import add_demo_routes
 from ssehub.api.publish import add_publish_routes, add_state_routes
 from ssehub.api.streams import (
@@ -66,7 +67,7 @@ def create_router(
     add_stream_routes(router, hub, authenticator, identify=identify)
     add_state_routes(router, hub, authenticator)
     if publish:
-        add_publish_routes(router, hub, authenticator)
+        add_publish_routes(router, Publishing(hub, authenticator))
         add_disconnect_route(router, hub, authenticator)
     if demo:
         add_demo_routes(router, hub, authenticator, step=demo_step)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ssehub.api._body import message_fields, read_json
 from ssehub.api._errors import error_responses, json_response
 from ssehub.api._params import UserIdPath
+from ssehub.api._publishing import Publishing
 from ssehub.auth import Authenticator
-from ssehub.exceptions import InvalidInput, PayloadTooLarge
 from ssehub.hub import Hub
-from ssehub.idempotency import HEADER, Idempotency
 from ssehub.limits import check_user_id
 from ssehub.stores.base import UserState
 
@@ -87,18 +84,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:
-    """Add the routes that send: one message, a batch, a broadcast."""
-    limits = hub.limits
-    once = Idempotency(hub.store, ttl=hub.store.retention.max_age + 60.0)
-
-    async def idempotent(
-        request: Request, scope: str, body: Any, publish: Callable[[], Awaitable[Any]]
-    ) -> Response:
-        # Every publish route answers through here: 202 with the (first) answer, or an
-        # error (IdempotencyKeyReused: 409).
-        answer = await once.run(request.headers.get(HEADER), scope, body, publish)
-        return json_response(202, answer)
+def add_publish_routes(router: APIRouter, publishing: Publishing) -> None:
+    """Add the routes that send: one message, a batch, a broadcast (their work is
+    ``publishing``'s)."""
 
     @router.post(
         "/sse/users/{user_id}/messages",
@@ -111,24 +99,13 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         tags=["publish"],
     )
     async def send_one(request: Request, user_id: UserIdPath) -> Response:
-        check_user_id(user_id, max_length=limits.max_user_id_length)
-        auth.publisher(request.headers, request.query_params)
-        body = await read_json(request, max_bytes=limits.max_body_bytes)
-        data, event = message_fields(body)
-        payload = hub.encode(data, event)
-
-        async def publish() -> dict[str, Any]:
-            (event_id,) = await hub.send_encoded([(user_id, payload)])
-            status = await hub.status(user_id)
-            return {"id": event_id, "user_id": user_id, "status": status.status.value}
-
-        return await idempotent(request, f"user {user_id}", body, publish)
+        return await publishing.send_one(request, user_id)
 
     @router.post(
         "/sse/messages",
         summary="Send a batch of messages",
-        description=f"Up to {limits.max_batch} messages, to any users, in one request. "
-        "Answers with one event id per message, in order.",
+        description=f"Up to {publishing.limits.max_batch} messages, to any users, in one "
+        "request. Answers with one event id per message, in order.",
         status_code=202,
         openapi_extra=_body_doc(
             _BATCH_SCHEMA,
@@ -143,39 +120,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         tags=["publish"],
     )
     async def send_batch(request: Request) -> Response:
-        auth.publisher(request.headers, request.query_params)
-        body = await read_json(request, max_bytes=limits.max_body_bytes)
-        messages = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(messages, list):
-            raise InvalidInput('body must be {"messages": [...]}')
-        if len(messages) > limits.max_batch:
-            raise PayloadTooLarge(f"a batch holds at most {limits.max_batch} messages")
-        items = batch_items(messages)
-
-        async def publish() -> dict[str, Any]:
-            ids = await hub.send_encoded(items)
-            return {"ids": ids, "count": len(ids)}
-
-        return await idempotent(request, "batch", body, publish)
-
-    def batch_items(messages: list[Any]) -> list[tuple[str, bytes]]:
-        # Per message: the hot path of publishing, so the checks are inline and an
-        # error's wording is worked out only when there is one.
-        items: list[tuple[str, bytes]] = []
-        encode = hub.encode
-        max_length = limits.max_user_id_length
-        for index, message in enumerate(messages):
-            if type(message) is not dict or "data" not in message:
-                message_fields(message, where=f"messages[{index}]")  # raises the reason
-            user_id = message.get("user_id")
-            if type(user_id) is not str:
-                raise InvalidInput(f"messages[{index}]: 'user_id' must be a string")
-            event = message.get("event")
-            if event is not None and type(event) is not str:
-                raise InvalidInput(f"messages[{index}]: 'event' must be a string")
-            check_user_id(user_id, max_length=max_length)
-            items.append((user_id, encode(message["data"], event)))
-        return items
+        return await publishing.send_batch(request)
 
     @router.post(
         "/sse/broadcast",
@@ -186,16 +131,7 @@ def add_publish_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None
         tags=["publish"],
     )
     async def broadcast(request: Request) -> Response:
-        auth.publisher(request.headers, request.query_params)
-        body = await read_json(request, max_bytes=limits.max_body_bytes)
-        data, event = message_fields(body)
-        payload = hub.encode(data, event)
-
-        async def publish() -> dict[str, Any]:
-            await hub.broadcast_encoded(payload)
-            return {"status": "accepted"}
-
-        return await idempotent(request, "broadcast", body, publish)
+        return await publishing.broadcast(request)
 
 
 def add_state_routes(router: APIRouter, hub: Hub, auth: Authenticator) -> None:

@@ -9,7 +9,7 @@ leaving (`ssehub.front.watch`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import Response
@@ -290,6 +290,10 @@ class StreamEndpoint:
         return serve_stream(self._hub, user_id, opening, scope, receive, send)
 
 
+PostDoor = Callable[[str, Scope, Receive, Send], Awaitable[None] | None]
+"""Answers a ``POST`` to an app-relative path before routing, or returns None."""
+
+
 class StreamFront:
     """ASGI middleware that answers ``GET /sse/connect/{user_id}`` before the app routes.
 
@@ -298,20 +302,37 @@ class StreamFront:
     and exit stacks, which would otherwise stay suspended for the stream's whole life.
     Any other request, and a path that is not one segment after ``/sse/connect/``,
     goes on to the app, whose route documents the stream and answers the same way.
+    With ``posts`` (`ssehub.api.Publishing.door`), a ``POST`` it takes is answered
+    there, before routing, too.
     """
 
-    def __init__(self, app: ASGIApp, endpoint: StreamEndpoint) -> None:
+    def __init__(
+        self, app: ASGIApp, endpoint: StreamEndpoint, posts: PostDoor | None = None
+    ) -> None:
         self.app = app
         self._endpoint = endpoint
+        self._posts = posts
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path: str = scope["path"]
-            root_path: str = scope.get("root_path", "")
-            if root_path and path.startswith(root_path + "/"):
-                path = path[len(root_path) :]
-            if path.startswith(CONNECT_PATH):
-                user_id = path[len(CONNECT_PATH) :]
-                if user_id and "/" not in user_id:
-                    return self._endpoint.serve(user_id, scope, receive, send)
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method in ("GET", "HEAD"):
+                path = _app_path(scope)
+                if path.startswith(CONNECT_PATH):
+                    user_id = path[len(CONNECT_PATH) :]
+                    if user_id and "/" not in user_id:
+                        return self._endpoint.serve(user_id, scope, receive, send)
+            elif method == "POST" and self._posts is not None:
+                answer = self._posts(_app_path(scope), scope, receive, send)
+                if answer is not None:
+                    return answer
         return self.app(scope, receive, send)
+
+
+def _app_path(scope: Scope) -> str:
+    """The request's path inside the app (without the ``root_path`` it is mounted at)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path + "/"):
+        path = path[len(root_path) :]
+    return path
