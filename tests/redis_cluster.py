@@ -32,11 +32,20 @@ def _cli(*args: str, timeout: float = 30.0) -> str:
     return done.stdout
 
 
+def port_apart(given: set[int]) -> int:
+    """A port free now and not in ``given`` (ports handed to processes that have not
+    started yet, which the kernel may hand out again); added to ``given``."""
+    while (port := free_port()) in given:
+        pass
+    given.add(port)
+    return port
+
+
 class Node:
     """One ``redis-server`` process, on a free port, with its own directory."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.directory = directory / str(self.port)
         self.directory.mkdir(parents=True)
         self.extra = extra
@@ -103,12 +112,16 @@ class Cluster:
                    "--cluster-config-file", "nodes.conf")  # fmt: skip
         self.directory = directory
         self.options = options
+        self._ports: set[int] = set()  # handed out: nodes start only after all are made
         self.nodes = [self._new_node() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
     def _new_node(self) -> Node:
-        # The bus port is given (free_port), not the default port + 10000 (maybe taken).
-        return Node(self.directory, *self.options, "--cluster-port", str(free_port()))
+        # The bus port is given, not the default port + 10000 (maybe taken).
+        bus = str(port_apart(self._ports))
+        return Node(
+            self.directory, *self.options, "--cluster-port", bus, port=port_apart(self._ports)
+        )
 
     def start(self) -> Cluster:
         for index in range(len(self.nodes)):
@@ -224,8 +237,9 @@ class SentinelSetup:
 
     def __init__(self, directory: Path, *, sentinels: int = 1, down_after: int = 500) -> None:
         self.directory = directory
-        self.master = Node(directory)
-        self.replica = Node(directory)
+        ports: set[int] = set()
+        self.master = Node(directory, port=port_apart(ports))
+        self.replica = Node(directory, port=port_apart(ports))
         self.down_after = down_after
         self.sentinels: list[Node] = []
         self._count = sentinels
