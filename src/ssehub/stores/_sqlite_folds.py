@@ -5,7 +5,8 @@ and writes the floors retention moved meanwhile (see `ssehub.stores._sqlite_trim
 user's rows up to their floor leave ``user_events`` and ``trimmed`` takes the floor.
 A fold of a second's events to 1,000 users writes about 1,000 pages at its commit
 (12 ms or more), which every publish behind it would wait for, so a fold is cut into
-slices of a few users each, one slice in each of the writer's next transactions; the
+slices of a few users each, each in a transaction of its own after the writer's next
+transactions of appends (whose messages are delivered without waiting for it); the
 mark (``meta.user_events_upto``) moves with the last one. Then the ``events`` rows of
 what retention dropped go, in id order, a slice at a time: rows dropped in the same
 second were mostly written in the same earlier second, so they share pages.
@@ -24,7 +25,7 @@ from ssehub.stores._sqlite_tail import Span, Tail
 
 MAX_TAIL = 100_000  # events not folded past which a fold starts before its time
 SLICE_ROWS = 2_000  # a slice of a fold: at most about this many events...
-SLICE_USERS = 64  # ...or this many users (each a page of ``user_events`` to write)
+SLICE_USERS = 32  # ...or this many users (each a page of ``user_events`` to write)
 
 # Every event after ``?1`` into the table; broadcasts are there already (OR IGNORE).
 _FOLD_AFTER = (
@@ -108,8 +109,13 @@ class Folds:
             return None
         return max(0.0, self._at + self.interval - time.monotonic())
 
+    def due(self) -> bool:
+        """`step` has something to do now."""
+        wait = self.wait()
+        return wait is not None and (wait == 0.0 or self.tail.size >= MAX_TAIL)
+
     def step(self, cur: sqlite3.Cursor, last_id: int) -> None:
-        """Inside a transaction of the writer's, after its jobs: fold what is due.
+        """Inside a transaction of the writer's own (no jobs in it): fold what is due.
 
         ``last_id`` is the newest id given out. Call `committed` after the commit, or
         `rolled_back`.
