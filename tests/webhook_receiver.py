@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,10 +73,22 @@ def serve(
             with lock:
                 state["inflight"] -= 1
 
+        def do_GET(self) -> None:
+            # Who answers on this port: the test's own receiver, not another process.
+            answer = str(log).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+class PortTaken(RuntimeError):
+    """The receiver's port was taken by another process before it could listen."""
 
 
 class Receiver:
@@ -102,10 +115,20 @@ class Receiver:
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.accepts():
+            if self.answers():
                 return self
+            if self.proc.poll() is not None:  # the port was taken meanwhile
+                raise PortTaken(f"the webhook receiver could not listen on {self.port}")
             time.sleep(0.05)
         raise RuntimeError("the webhook receiver did not start")
+
+    def answers(self) -> bool:
+        """Whether this receiver (no other process) answers on its port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1.0) as got:
+                return bool(got.read() == str(self.log).encode())
+        except OSError:
+            return False
 
     def accepts(self) -> bool:
         """Whether something accepts connections on the port."""
@@ -157,8 +180,16 @@ def receivers(directory: Path, secret: str) -> Iterator[ReceiverFactory]:
     made: list[Receiver] = []
 
     def make(*options: str, start: bool = True, port: int | None = None) -> Receiver:
-        made.append(Receiver(directory, port or free_port(), secret, *options))
-        return made[-1].start() if start else made[-1]
+        for attempt in range(3):
+            made.append(Receiver(directory, port or free_port(), secret, *options))
+            if not start:
+                return made[-1]
+            try:
+                return made[-1].start()
+            except PortTaken:  # another process took the free port first: another one
+                if port is not None or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     try:
         yield make
