@@ -14,11 +14,9 @@ second were mostly written in the same earlier second, so they share pages.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Iterator
 
 from ssehub.stores._sqlite_sql import mark_dropped
@@ -92,10 +90,10 @@ class Folds:
     def __init__(self, tail: Tail, interval: float) -> None:
         self.tail = tail
         self.interval = interval
-        # The next slice of the fold under way, made only when the last one is done (a
-        # fold's slices, all made at its start, took 1-3 ms of the writer's CPU at
-        # once: the publishes of that moment waited for them).
-        self._slices: deque[_Slice] = deque()
+        # The slice of the fold under way to write next, and the rest, each made only
+        # when the one before is done (a fold's slices, all made at its start, took 1-3
+        # ms of the writer's CPU at once: the publishes of that moment waited for them).
+        self._slice: _Slice | None = None
         self._coming: Iterator[_Slice] = iter(())
         self._target = 0  # the mark the fold under way moves to
         self._whole = False  # fold every event after the mark at once (after a rollback)
@@ -105,11 +103,11 @@ class Folds:
     @property
     def under_way(self) -> bool:
         """A fold has slices left."""
-        return bool(self._slices)
+        return self._slice is not None
 
     def wait(self) -> float | None:
         """Seconds an idle writer waits before its next slice; None: nothing to fold."""
-        if self._slices:
+        if self._slice is not None:
             return 0.0
         if not self.tail.size and not self._whole:
             return None
@@ -134,16 +132,16 @@ class Folds:
             self.fold_all(cur, last_id)
             self._stepped = True
             return
-        if not self._slices:
+        if self._slice is None:
             if not self.tail.size:
                 return
             if self.tail.size < MAX_TAIL and self.wait():
                 return
             self._target = last_id
             self._coming = _slices(self.tail.cut(last_id))
-            self._slices.append(next(self._coming))  # there is always a last one
+            self._slice = next(self._coming)  # there is always a last one
         self._stepped = True
-        part = self._slices[0]
+        part = self._slice
         if part.ids:
             cur.execute(_FOLD_IDS, (json.dumps(part.ids),))
         write_floors(cur, part.floors)
@@ -159,11 +157,11 @@ class Folds:
         if self._whole:
             self._whole = False
             self.tail.start(self._target)  # readers of older snapshots scan instead
-        elif self._slices:
-            if self._slices.popleft().last:
+        elif self._slice is not None:
+            if self._slice.last:
                 self.tail.folded(self._target)
-            self._slices.extend(itertools.islice(self._coming, 1))
-            if self._slices:
+            self._slice = next(self._coming, None)
+            if self._slice is not None:
                 return
         self._at = time.monotonic()
 
@@ -183,7 +181,7 @@ class Folds:
         rollback); a fold under way is given up. ``last_id``: the newest id given out."""
         fold_by_range(cur, self.tail.upto, last_id)
         floors, dropped = self.tail.floors()
-        self._slices.clear()
+        self._slice = None
         self._coming = iter(())
         write_floors(cur, sorted(floors.items()))
         drop_events(cur, sorted(dropped))
