@@ -10,14 +10,11 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from ssehub import __version__
-from ssehub.api import create_router
+from ssehub.api import routes_of
 from ssehub.api._publishing import Publishing
-from ssehub.api.demo import add_demo_routes
 from ssehub.api.health import add_health_routes
 from ssehub.api.metrics import add_metrics_route
 from ssehub.api.presence import add_presence_routes
-from ssehub.api.publish import add_publish_routes
-from ssehub.api.streams import add_disconnect_route
 from ssehub.api.web import add_web_routes
 from ssehub.auth import create_authenticator
 from ssehub.exceptions import ConfigurationError
@@ -82,12 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key"],
         )
-    # The routes of create_router(publish=True, demo=True), in its order, with the
-    # front door's `Publishing` behind the publish routes.
-    router = create_router(hub, auth=auth)
-    add_publish_routes(router, publishing)
-    add_disconnect_route(router, hub, auth)
-    add_demo_routes(router, hub, auth, step=settings.demo_step)
+    # create_router(publish=True, demo=True), with the front door's `Publishing`.
+    router = routes_of(hub, auth, publishing=publishing, demo=True, demo_step=settings.demo_step)
     add_health_routes(router, hub)
     add_web_routes(router)
     add_metrics_route(router, hub, webhooks=webhooks.stats if webhooks else None)

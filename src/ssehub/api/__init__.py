@@ -62,15 +62,33 @@ def create_router(
             ``/sse/connect/{user_id}`` (401 if None, 403 if another user) instead of
             ``auth``'s tokens. The other routes still follow ``auth``.
     """
-    router = APIRouter(route_class=SsehubRoute)
     authenticator = auth or Authenticator()
-    add_stream_routes(router, hub, authenticator, identify=identify)
-    add_state_routes(router, hub, authenticator)
-    if publish:
-        add_publish_routes(router, Publishing(hub, authenticator))
-        add_disconnect_route(router, hub, authenticator)
+    publishing = Publishing(hub, authenticator) if publish else None
+    return routes_of(
+        hub, authenticator, publishing=publishing, demo=demo, demo_step=demo_step, identify=identify
+    )
+
+
+def routes_of(
+    hub: Hub,
+    auth: Authenticator,
+    *,
+    publishing: Publishing | None,
+    demo: bool,
+    demo_step: float,
+    identify: Identify | None = None,
+) -> APIRouter:
+    """`create_router`'s routes; the publish routes (and the disconnect route) only with
+    ``publishing``, whose work they call (``ssehub serve`` shares it with its front
+    door)."""
+    router = APIRouter(route_class=SsehubRoute)
+    add_stream_routes(router, hub, auth, identify=identify)
+    add_state_routes(router, hub, auth)
+    if publishing is not None:
+        add_publish_routes(router, publishing)
+        add_disconnect_route(router, hub, auth)
     if demo:
-        add_demo_routes(router, hub, authenticator, step=demo_step)
+        add_demo_routes(router, hub, auth, step=demo_step)
     return router
 
 
