@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -107,6 +108,30 @@ class StoreFactory:
 
 
 Opener = Callable[..., Coroutine[Any, Any, SqliteStore]]
+
+
+def trace(monkeypatch: pytest.MonkeyPatch, owner: type[Any], statements: list[str]) -> None:
+    """Record every statement of the connections ``owner`` (Writer or Readers) opens."""
+    opened: Callable[[Any], Any] = owner._open
+
+    def traced(self: Any) -> Any:
+        found = opened(self)
+        conn = found if isinstance(found, sqlite3.Connection) else found.connection
+        conn.set_trace_callback(statements.append)
+        return found
+
+    monkeypatch.setattr(owner, "_open", traced)
+
+
+def transactions(statements: list[str]) -> list[list[str]]:
+    """The statements of each transaction traced (those after each BEGIN)."""
+    found: list[list[str]] = []
+    for statement in list(statements):
+        if statement.startswith("BEGIN"):
+            found.append([])
+        elif found:
+            found[-1].append(statement)
+    return found
 
 
 @pytest.fixture

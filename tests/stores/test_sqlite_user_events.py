@@ -22,7 +22,13 @@ from ssehub.exceptions import ConfigurationError
 from ssehub.stores import MemoryStore, ReadResult, Retention, Store, UserRecord, _sqlite_writer
 from ssehub.stores._sqlite_folds import MAX_TAIL, SLICE_USERS
 from ssehub.stores._sqlite_writer import MAX_BATCH_EVENTS
-from tests.stores.conftest import Opener, RecordingListener, later_than_any
+from tests.stores.conftest import (
+    Opener,
+    RecordingListener,
+    later_than_any,
+    trace,
+    transactions,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -802,27 +808,15 @@ async def test_a_folds_slice_is_never_committed_with_appends(
     # A slice costs about a millisecond of the writer's CPU; committed with appends, it
     # would delay their delivery. Every statement of the writer's connection is traced.
     statements: list[str] = []
-    opened = _sqlite_writer.Writer._open
-
-    def traced(writer: _sqlite_writer.Writer) -> sqlite3.Connection:
-        conn = opened(writer)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(_sqlite_writer.Writer, "_open", traced)
+    trace(monkeypatch, _sqlite_writer.Writer, statements)
     store = await open_sqlite(index_interval=0.02)
     users = [f"user-{n}" for n in range(3 * SLICE_USERS)]  # folds of three slices or more
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:  # appends keep coming while folds go on
         await store.append_many([(user, b"data: x\n") for user in random.sample(users, 20)])
-    transactions: list[list[str]] = []
-    for statement in list(statements):
-        if statement.startswith("BEGIN"):
-            transactions.append([])
-        elif transactions:
-            transactions[-1].append(statement)
-    appends = [t for t in transactions if any(s.startswith("INSERT INTO events") for s in t)]
-    folds = [t for t in transactions if any("INTO user_events" in s for s in t)]
+    taken = transactions(statements)
+    appends = [t for t in taken if any(s.startswith("INSERT INTO events") for s in t)]
+    folds = [t for t in taken if any("INTO user_events" in s for s in t)]
     assert len(appends) > 20
     assert len(folds) > 3
     assert not [t for t in appends if t in folds]

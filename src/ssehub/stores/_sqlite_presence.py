@@ -106,7 +106,7 @@ class PresenceBuffer:
 
     def _submit(self, batch: _Batch) -> None:
         try:
-            self._future = self._writer.submit(lambda cur: self._write(cur, batch))
+            self._future = self._writer.submit(lambda cur: self._write(cur, batch), lazy=True)
         except StoreUnavailable:
             with self._lock:
                 self._batch = None

@@ -3,9 +3,10 @@
 Handing one read to a thread and its answer back to the loop costs more than most
 reads (two thread switches and two GIL hand-overs, 25-50 µs of CPU against 7 µs for
 the read of a user and their history, measured on one core). So, as for the writer, a
-reader thread takes every read waiting, runs each in a transaction of its own, and hands
-all the answers back to the loop in one ``call_soon_threadsafe``: a burst of streams
-opening pays the hand-over once per batch.
+reader thread takes every read waiting, runs them all in one read transaction (one
+snapshot, taken after the last of them was submitted), and hands all the answers back
+to the loop in one ``call_soon_threadsafe``: a burst of streams opening pays the
+hand-over, the transaction and the fold mark's read (`ReadCursor.upto`) once per batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ MAX_BATCH = 256  # reads one thread takes at once
 _STOP = object()
 
 _Read = tuple[Callable[[sqlite3.Cursor], Any], asyncio.Future[Any]]
-_Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+_Answer = tuple[asyncio.Future[Any], Any, Exception | None]
+
+
+class ReadCursor(sqlite3.Cursor):
+    """A reader thread's cursor, inside the read transaction of a batch.
+
+    Attributes:
+        upto: the fold mark this transaction sees, once a read has looked it up (the
+            reads of a batch share it: see `ssehub.stores._sqlite_tail.UserLog`).
+    """
+
+    upto: int | None = None
 
 
 class Readers:
@@ -80,7 +92,7 @@ class Readers:
     # -- the threads -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        cur: sqlite3.Cursor | None = None
+        cur: ReadCursor | None = None
         try:
             while True:
                 first = self._jobs.get()
@@ -96,44 +108,62 @@ class Readers:
                         self._jobs.put(_STOP)  # for this thread, after the batch
                         break
                     batch.append(more)
-                answers: list[_Answer] = []
-                for job in batch:
-                    assert isinstance(job, tuple)
-                    fn, future = job
-                    try:
-                        if cur is None:
-                            cur = self._open()
-                        answers.append((future, self._read(cur, fn), None))
-                    except StoreUnavailable as exc:
-                        answers.append((future, None, exc))
                 assert self._loop is not None
+                answers, cur = self._read_batch(cur, batch)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     self._loop.call_soon_threadsafe(_answer, answers)
         finally:
             if cur is not None:
                 cur.connection.close()
 
-    def _open(self) -> sqlite3.Cursor:
+    def _read_batch(
+        self, cur: ReadCursor | None, batch: list[_Read | object]
+    ) -> tuple[list[_Answer], ReadCursor | None]:
+        """Run the reads of ``batch`` in one transaction; a read that fails gets its error
+        and the rest go on in a new one."""
+        answers: list[_Answer] = []
+        begun = False
+        try:
+            for job in batch:
+                assert isinstance(job, tuple)
+                fn, future = job
+                try:
+                    if cur is None:
+                        cur = self._open()
+                    if not begun:
+                        cur.execute("BEGIN")  # one snapshot for the reads that follow
+                        cur.upto, begun = None, True
+                    answers.append((future, fn(cur), None))
+                except sqlite3.Error as exc:
+                    if cur is not None:
+                        begun = _end(cur, "ROLLBACK")
+                    answers.append((future, None, _failed(exc)))
+                except Exception as exc:  # StoreUnavailable, or a fault of the read's own
+                    answers.append((future, None, exc))
+        finally:
+            if begun and cur is not None and _end(cur, "COMMIT"):
+                cur.connection.close()  # cannot end its transaction: start over
+                cur = None
+        return answers, cur
+
+    def _open(self) -> ReadCursor:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA query_only=1")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
-        return conn.cursor()
+            raise _failed(exc) from exc
+        return conn.cursor(ReadCursor)
 
-    @staticmethod
-    def _read(cur: sqlite3.Cursor, fn: Callable[[sqlite3.Cursor], Any]) -> Any:
-        try:
-            cur.execute("BEGIN")  # one snapshot for every query of ``fn``
-            try:
-                return fn(cur)
-            finally:
-                cur.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if cur.connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # leave the connection reusable
-                    cur.execute("ROLLBACK")
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+def _failed(exc: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(f"SQLite read failed: {exc}")
+
+
+def _end(cur: ReadCursor, statement: str) -> bool:
+    """End the transaction with ``statement``; True if it is still open (that failed)."""
+    with contextlib.suppress(sqlite3.Error):
+        cur.execute(statement)
+    return cur.connection.in_transaction
 
 
 def _answer(answers: list[_Answer]) -> None:

@@ -36,6 +36,10 @@ from ssehub.stores.base import Retention
 logger = logging.getLogger("ssehub.stores.sqlite")
 
 MAX_BATCH_EVENTS = 10_000  # events written in one transaction
+# How long a lazy job (presence) may wait for company: a transaction of a few rows costs
+# about 60 µs of CPU, mostly its commit; in a burst of streams opening, rows per commit
+# decide the writer's cost per stream.
+LAZY_SECONDS = 0.002
 MAX_QUEUED_EVENTS = 100_000  # beyond this, submitting fails fast with StoreUnavailable
 SWEEP_CHUNK = 10_000  # rows one sweep transaction deletes at most
 _PAUSE_SECONDS = 0.001  # how often a paused writer looks again
@@ -48,7 +52,7 @@ Appended = list[tuple[str, StoredEvent]]
 class _Job:
     """Work for the writer thread; its result resolves ``future`` on the loop."""
 
-    __slots__ = ("fn", "future", "notify", "size")
+    __slots__ = ("due", "fn", "future", "notify", "size")
 
     def __init__(
         self,
@@ -57,11 +61,13 @@ class _Job:
         *,
         size: int,
         notify: bool,
+        due: float,
     ) -> None:
         self.fn = fn
         self.future = future
         self.size = size
         self.notify = notify  # the result is an ``Appended`` for ``deliver``
+        self.due = due  # the monotonic time by which its transaction starts
 
 
 class Writer:
@@ -127,9 +133,17 @@ class Writer:
             self._thread = None
 
     def submit(
-        self, fn: Callable[[sqlite3.Cursor], Any], *, size: int = 1, notify: bool = False
+        self,
+        fn: Callable[[sqlite3.Cursor], Any],
+        *,
+        size: int = 1,
+        notify: bool = False,
+        lazy: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue ``fn`` to run in the next transaction; the future gets its result.
+
+        A ``lazy`` job may wait `LAZY_SECONDS` for others to share its transaction (a
+        commit costs more than a few rows); any other job starts the transaction at once.
 
         Raises:
             StoreUnavailable: the writer is not running, or too far behind.
@@ -140,15 +154,20 @@ class Writer:
             raise StoreUnavailable(f"the SQLite writer is {self._queued} events behind")
         future = self._loop.create_future()
         self._queued += size
-        self._jobs.put(_Job(fn, future, size=size, notify=notify))
+        due = time.monotonic() + LAZY_SECONDS if lazy else 0.0
+        self._jobs.put(_Job(fn, future, size=size, notify=notify, due=due))
         return future
 
-    def append(self, items: list[tuple[str, bytes]]) -> asyncio.Future[list[StoredEvent]]:
+    def append(
+        self, items: list[tuple[str, bytes]], *, lazy: bool = False
+    ) -> asyncio.Future[list[StoredEvent]]:
         """Queue an append of ``(user_id, payload)`` pairs; the future gets the events.
 
         ``deliver`` hears of them first. See `submit`.
         """
-        return self.submit(lambda cur: self._insert(cur, items), size=len(items), notify=True)
+        return self.submit(
+            lambda cur: self._insert(cur, items), size=len(items), notify=True, lazy=lazy
+        )
 
     def broadcast(self, user_ids: list[str], payload: bytes) -> asyncio.Future[list[StoredEvent]]:
         """Queue a broadcast to these users; the future gets an event per user.
@@ -182,9 +201,11 @@ class Writer:
                         break
                     assert isinstance(first, _Job)
                     batch, size = [first], first.size
+                due = batch[0].due if batch else 0.0  # when this transaction must start
                 while batch and size < MAX_BATCH_EVENTS:
                     try:
-                        more = self._jobs.get_nowait()
+                        wait = due - time.monotonic()  # > 0: lazy jobs only, so far
+                        more = self._jobs.get(timeout=wait) if wait > 0 else self._jobs.get_nowait()
                     except queue.Empty:
                         break
                     if more is _STOP:
@@ -193,6 +214,7 @@ class Writer:
                     assert isinstance(more, _Job)
                     batch.append(more)
                     size += more.size
+                    due = min(due, more.due)
                 while self._checkpointer.paused:  # the WAL is being made to start over
                     time.sleep(_PAUSE_SECONDS)
                 self._write(cur, batch)

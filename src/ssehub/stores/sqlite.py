@@ -27,7 +27,7 @@ from ssehub.stores._local import LocalFanout
 from ssehub.stores._presence import PRESENCE_LOG
 from ssehub.stores._sqlite_outbox import SqliteOutbox
 from ssehub.stores._sqlite_presence import PresenceBuffer
-from ssehub.stores._sqlite_readers import Readers
+from ssehub.stores._sqlite_readers import ReadCursor, Readers
 from ssehub.stores._sqlite_reads import (
     PENDING_SQL,
     count_after,
@@ -203,7 +203,9 @@ class SqliteStore(LocalFanout):
             return []
         if self._closed:
             raise StoreUnavailable("the SQLite store is closed")
-        events: list[StoredEvent] = await self._writer.append(list(items))
+        # The presence log's entries can wait a moment for the next stream's (`Writer.submit`).
+        lazy = all(user_id == PRESENCE_LOG for user_id, _ in items)
+        events: list[StoredEvent] = await self._writer.append(list(items), lazy=lazy)
         return events
 
     async def append_to_all(self, user_ids: Sequence[str], payload: bytes) -> int:
@@ -270,8 +272,13 @@ class SqliteStore(LocalFanout):
         return await self._read(lambda cur: read_after(self._log(cur), user_id, after, limit))
 
     def _log(self, cur: sqlite3.Cursor) -> UserLog:
-        """Users' events as the read transaction of ``cur`` sees them."""
-        return UserLog(cur, self._writer.tail)
+        """Users' events as the read transaction of ``cur`` sees them (the fold mark is
+        looked up once per transaction of a reader)."""
+        if not isinstance(cur, ReadCursor):
+            return UserLog(cur, self._writer.tail)
+        log = UserLog(cur, self._writer.tail, cur.upto)
+        cur.upto = log.upto
+        return log
 
     # -- presence ---------------------------------------------------------------------------
 

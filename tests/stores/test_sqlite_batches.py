@@ -1,0 +1,92 @@
+"""How the SQLite store's threads share their work: reads a batch at a time in one
+transaction, and presence changes that wait a moment to share a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from ssehub.exceptions import StoreUnavailable
+from ssehub.stores import ReadResult, _sqlite_readers, _sqlite_writer
+from ssehub.stores._sqlite_tail import UPTO
+from tests.stores.conftest import Opener, trace, transactions
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_only_itself(
+    open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    trace(monkeypatch, _sqlite_readers.Readers, statements)
+    store = await open_sqlite(readers=1)
+    events = {user: await store.append(user, f"data: {user}\n".encode()) for user in "abc"}
+    held, release = threading.Event(), threading.Event()
+
+    def hold(cur: sqlite3.Cursor) -> None:
+        held.set()
+        release.wait(10)
+
+    def broken(cur: sqlite3.Cursor) -> None:
+        cur.execute("SELECT * FROM no_such_table")
+
+    def faulty(cur: sqlite3.Cursor) -> None:
+        raise ValueError("a fault of the read's own")
+
+    holding = asyncio.ensure_future(store._read(hold))
+    await asyncio.to_thread(held.wait, 10)
+    statements.clear()
+    # The one reader is busy: these five wait, and it takes them as one batch.
+    reads = [
+        asyncio.ensure_future(store.read_after("a", None, limit=10)),
+        asyncio.ensure_future(store.read_after("b", None, limit=10)),
+        asyncio.ensure_future(store._read(broken)),
+        asyncio.ensure_future(store._read(faulty)),
+        asyncio.ensure_future(store.read_after("c", None, limit=10)),
+    ]
+    await asyncio.sleep(0.05)
+    release.set()
+    await holding
+    async with asyncio.timeout(10):  # a reader that died on the fault never answers
+        done = await asyncio.gather(*reads, return_exceptions=True)
+    answered = [done[0], done[1], done[4]]
+    assert [r.events for r in answered if isinstance(r, ReadResult)] == [[events[u]] for u in "abc"]
+    assert isinstance(done[2], StoreUnavailable)
+    assert "SQLite read failed" in str(done[2])
+    assert isinstance(done[3], ValueError)
+    # One transaction until the failure, a new one after it; the fold mark read once in each.
+    taken = transactions(statements)
+    assert len(taken) == 2
+    assert [sum(s == UPTO for s in t) for t in taken] == [1, 1]
+    assert (await store.read_after("a", None, limit=10)).events == [events["a"]]
+
+
+async def test_presence_changes_wait_a_moment_to_share_a_commit_and_appends_do_not(
+    open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    trace(monkeypatch, _sqlite_writer.Writer, statements)
+    monkeypatch.setattr(_sqlite_writer, "LAZY_SECONDS", 1.0)  # long, to tell them apart
+    store = await open_sqlite()
+    statements.clear()
+
+    await store.set_presence("alice", connections=1)
+    await asyncio.sleep(0.1)
+    await store.set_presence("bob", connections=1)
+    await store._presence.settle()
+    upserts = [[s for s in t if "INTO users" in s] for t in transactions(statements)]
+    assert [len(found) for found in upserts if found] == [2]  # one commit for both
+
+    statements.clear()
+    await store.set_presence("carol", connections=1)
+    started = time.monotonic()
+    event = await store.append("dave", b"data: now\n")
+    assert time.monotonic() - started < 0.5  # an append does not wait for company
+    (taken,) = [t for t in transactions(statements) if any("INTO users" in s for s in t)]
+    assert any(s.startswith("INSERT INTO events") for s in taken)  # carol's came along
+    assert (await store.read_after("dave", None, limit=10)).events == [event]
+    assert (await store.get_user("carol")).connections == 1
