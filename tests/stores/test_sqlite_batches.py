@@ -4,18 +4,41 @@ transaction, and presence changes that wait a moment to share a commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores import ReadResult, _sqlite_readers, _sqlite_writer
 from ssehub.stores._sqlite_tail import UPTO
+from ssehub.stores.sqlite import SqliteStore
 from tests.stores.conftest import Opener, trace, transactions
 
 pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def reader_held(store: SqliteStore) -> AsyncIterator[None]:
+    """Keep the store's one reader busy in the block: the reads submitted in it are taken
+    as one batch after it."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(cur: sqlite3.Cursor) -> None:
+        held.set()
+        release.wait(10)
+
+    holding = asyncio.ensure_future(store._read(hold))
+    await asyncio.to_thread(held.wait, 10)
+    try:
+        yield
+        await asyncio.sleep(0.05)  # the reads' tasks submit them
+    finally:
+        release.set()
+        await holding
 
 
 async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_only_itself(
@@ -25,11 +48,6 @@ async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_on
     trace(monkeypatch, _sqlite_readers.Readers, statements)
     store = await open_sqlite(readers=1)
     events = {user: await store.append(user, f"data: {user}\n".encode()) for user in "abc"}
-    held, release = threading.Event(), threading.Event()
-
-    def hold(cur: sqlite3.Cursor) -> None:
-        held.set()
-        release.wait(10)
 
     def broken(cur: sqlite3.Cursor) -> None:
         cur.execute("SELECT * FROM no_such_table")
@@ -37,20 +55,15 @@ async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_on
     def faulty(cur: sqlite3.Cursor) -> None:
         raise ValueError("a fault of the read's own")
 
-    holding = asyncio.ensure_future(store._read(hold))
-    await asyncio.to_thread(held.wait, 10)
-    statements.clear()
-    # The one reader is busy: these five wait, and it takes them as one batch.
-    reads = [
-        asyncio.ensure_future(store.read_after("a", None, limit=10)),
-        asyncio.ensure_future(store.read_after("b", None, limit=10)),
-        asyncio.ensure_future(store._read(broken)),
-        asyncio.ensure_future(store._read(faulty)),
-        asyncio.ensure_future(store.read_after("c", None, limit=10)),
-    ]
-    await asyncio.sleep(0.05)
-    release.set()
-    await holding
+    async with reader_held(store):
+        statements.clear()
+        reads = [
+            asyncio.ensure_future(store.read_after("a", None, limit=10)),
+            asyncio.ensure_future(store.read_after("b", None, limit=10)),
+            asyncio.ensure_future(store._read(broken)),
+            asyncio.ensure_future(store._read(faulty)),
+            asyncio.ensure_future(store.read_after("c", None, limit=10)),
+        ]
     async with asyncio.timeout(10):  # a reader that died on the fault never answers
         done = await asyncio.gather(*reads, return_exceptions=True)
     answered = [done[0], done[1], done[4]]
@@ -63,6 +76,39 @@ async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_on
     assert len(taken) == 2
     assert [sum(s == UPTO for s in t) for t in taken] == [1, 1]
     assert (await store.read_after("a", None, limit=10)).events == [events["a"]]
+
+
+async def test_reads_that_come_together_gather_and_reads_one_at_a_time_do_not_wait(
+    open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    trace(monkeypatch, _sqlite_readers.Readers, statements)
+    monkeypatch.setattr(_sqlite_readers, "GATHER_SECONDS", 1.0)  # long, to tell them apart
+    store = await open_sqlite(readers=1)
+    event = await store.append("alice", b"data: hi\n")
+
+    def read() -> asyncio.Future[ReadResult]:
+        return asyncio.ensure_future(store.read_after("alice", None, limit=10))
+
+    async def timed(reading: asyncio.Future[ReadResult]) -> float:
+        started = time.monotonic()
+        assert (await reading).events == [event]
+        return time.monotonic() - started
+
+    assert await timed(read()) < 0.5  # one at a time: no wait
+    async with reader_held(store):
+        together = [read(), read()]
+    await asyncio.gather(*together)
+
+    statements.clear()
+    first = read()  # reads came together: the reader waits a moment before this one
+    await asyncio.sleep(0.2)
+    second = read()
+    assert await timed(first) > 0.5
+    await second
+    assert len(transactions(statements)) == 1  # the one submitted meanwhile joined it
+    assert await timed(read()) > 0.5  # that batch held two: this one waits too, alone
+    assert await timed(read()) < 0.5  # the one before was alone: no wait
 
 
 async def test_presence_changes_wait_a_moment_to_share_a_commit_and_appends_do_not(
