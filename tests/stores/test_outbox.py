@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -92,6 +94,45 @@ async def test_sqlite_deliveries_survive_a_restart_due_at_once(tmp_path: Path) -
         assert (again.id, again.body) == (claimed.id, claimed.body)
     finally:
         await second.close()
+
+
+async def test_a_sqlite_claim_reading_an_old_snapshot_skips_what_was_sent_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # A claim's read may run in a snapshot older than a delivery's removal (reads taken
+    # together share one), and answer after it: it must not hand that delivery out again.
+    store = SqliteStore(tmp_path / "outbox.db", readers=1)
+    await store.start()
+    try:
+        box = store.outbox()
+        await box.put(delivery())
+        (claimed,) = await box.claim(1)
+        busy, started = threading.Event(), threading.Event()
+        go_on, finish = threading.Event(), threading.Event()
+
+        def hold(cur: sqlite3.Cursor) -> None:  # keeps the one reader busy
+            busy.set()
+            go_on.wait(10)
+
+        def snapshot(cur: sqlite3.Cursor) -> None:  # starts the next batch's snapshot
+            cur.execute("SELECT count(*) FROM webhooks").fetchone()
+            started.set()
+            finish.wait(10)
+
+        holding = asyncio.ensure_future(store._read(hold))
+        await asyncio.to_thread(busy.wait, 10)
+        taking = asyncio.ensure_future(store._read(snapshot))
+        claiming = asyncio.ensure_future(box.claim(10))  # the same batch as the snapshot
+        await asyncio.sleep(0.05)
+        go_on.set()
+        await asyncio.to_thread(started.wait, 10)
+        await box.remove(claimed)  # sent: committed while the snapshot still shows it
+        finish.set()
+        await asyncio.gather(holding, taking)
+        assert await claiming == []
+        assert await box.claim(10) == []
+    finally:
+        await store.close()
 
 
 def test_a_store_without_an_outbox_of_its_own_gets_a_memory_one() -> None:

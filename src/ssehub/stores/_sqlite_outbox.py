@@ -31,6 +31,10 @@ class SqliteOutbox(Outbox):
         self._submit = submit
         self._read = read
         self._held: set[str] = set()
+        # Released (sent or put off) while a claim was reading: that claim's snapshot may
+        # predate the release's commit, so it must not take them again.
+        self._claiming = 0
+        self._released: set[str] = set()
 
     async def put(self, delivery: Delivery) -> None:
         row = (delivery.id, delivery.body, delivery.created, delivery.attempts, time.time())
@@ -45,18 +49,24 @@ class SqliteOutbox(Outbox):
     async def claim(self, limit: int) -> list[Delivery]:
         if limit <= 0:
             return []
-        held = set(self._held)  # what this process holds now; skipped below
-        params = (time.time(), limit + len(held))
-        rows: list[tuple[str, bytes, float, int]] = await self._read(
-            lambda cur: cur.execute(
-                "SELECT id, body, created, attempts FROM webhooks WHERE due <= ? "
-                "ORDER BY due LIMIT ?",
-                params,
-            ).fetchall()
-        )
+        params = (time.time(), limit + len(self._held))  # held rows are skipped below
+        self._claiming += 1
+        try:
+            rows: list[tuple[str, bytes, float, int]] = await self._read(
+                lambda cur: cur.execute(
+                    "SELECT id, body, created, attempts FROM webhooks WHERE due <= ? "
+                    "ORDER BY due LIMIT ?",
+                    params,
+                ).fetchall()
+            )
+        finally:
+            self._claiming -= 1
+        skipped = self._held | self._released
+        if not self._claiming:
+            self._released = set()
         claimed: list[Delivery] = []
         for delivery_id, body, created, attempts in rows:
-            if delivery_id in self._held or len(claimed) == limit:
+            if delivery_id in skipped or len(claimed) == limit:
                 continue
             self._held.add(delivery_id)
             claimed.append(Delivery(delivery_id, bytes(body), created, attempts))
@@ -71,14 +81,19 @@ class SqliteOutbox(Outbox):
                 )
             )
         finally:
-            self._held.discard(delivery.id)
+            self._release(delivery.id)
 
     async def remove(self, delivery: Delivery) -> None:
         key = (delivery.id,)
         try:
             await self._submit(lambda cur: cur.execute("DELETE FROM webhooks WHERE id = ?", key))
         finally:
-            self._held.discard(delivery.id)
+            self._release(delivery.id)
+
+    def _release(self, delivery_id: str) -> None:
+        self._held.discard(delivery_id)
+        if self._claiming:
+            self._released.add(delivery_id)
 
     async def pending(self) -> int:
         count: int = await self._read(
