@@ -14,6 +14,7 @@ import pytest
 from ssehub.events import event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import ReadResult, Retention, UserState, open_store
+from ssehub.stores._sqlite_readers import ReadCursor
 from ssehub.stores.sqlite import SqliteStore
 from tests.stores.conftest import Opener, RecordingListener
 
@@ -256,7 +257,7 @@ async def test_opening_a_stream_reads_cursor_and_history_in_one_read_and_misses_
     reads = 0
     read = store._read
 
-    async def counted(fn: Callable[[sqlite3.Cursor], Any]) -> Any:
+    async def counted(fn: Callable[[ReadCursor], Any]) -> Any:
         nonlocal reads
         reads += 1
         return await read(fn)

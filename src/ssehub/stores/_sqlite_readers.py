@@ -37,9 +37,6 @@ MAX_BATCH = 256  # reads one thread takes at once
 GATHER_SECONDS = 0.003
 _STOP = object()
 
-_Read = tuple[Callable[[sqlite3.Cursor], Any], asyncio.Future[Any]]
-_Answer = tuple[asyncio.Future[Any], Any, Exception | None]
-
 
 class ReadCursor(sqlite3.Cursor):
     """A reader thread's cursor, inside the read transaction of a batch.
@@ -50,6 +47,10 @@ class ReadCursor(sqlite3.Cursor):
     """
 
     upto: int | None = None
+
+
+_Read = tuple[Callable[[ReadCursor], Any], asyncio.Future[Any]]
+_Answer = tuple[asyncio.Future[Any], Any, Exception | None]
 
 
 class Readers:
@@ -91,7 +92,7 @@ class Readers:
         for thread in threads:
             await asyncio.to_thread(thread.join)
 
-    def submit(self, fn: Callable[[sqlite3.Cursor], Any]) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[[ReadCursor], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` in a read transaction (one snapshot) on a reader thread.
 
         The future gets its result, or `StoreUnavailable` if SQLite failed.

@@ -256,7 +256,7 @@ class SqliteStore(LocalFanout):
 
     # -- reading --------------------------------------------------------------------------
 
-    async def _read(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+    async def _read(self, fn: Callable[[ReadCursor], T]) -> T:
         if self._closed:
             raise StoreUnavailable("the SQLite store is not running")
         result: T = await self._readers.submit(fn)
@@ -271,11 +271,9 @@ class SqliteStore(LocalFanout):
                 return ReadResult(events[:limit], reset=found.result.reset)
         return await self._read(lambda cur: read_after(self._log(cur), user_id, after, limit))
 
-    def _log(self, cur: sqlite3.Cursor) -> UserLog:
+    def _log(self, cur: ReadCursor) -> UserLog:
         """Users' events as the read transaction of ``cur`` sees them (the fold mark is
-        looked up once per transaction of a reader)."""
-        if not isinstance(cur, ReadCursor):
-            return UserLog(cur, self._writer.tail)
+        looked up once per transaction)."""
         log = UserLog(cur, self._writer.tail, cur.upto)
         cur.upto = log.upto
         return log
@@ -332,7 +330,7 @@ class SqliteStore(LocalFanout):
     async def get_user(self, user_id: str) -> UserRecord:
         change = self._presence.pending(user_id)
 
-        def read_record(cur: sqlite3.Cursor) -> UserRecord:
+        def read_record(cur: ReadCursor) -> UserRecord:
             log = self._log(cur)
             return user_record(log, user_id, presence_of(log, user_id, change))
 
@@ -340,7 +338,7 @@ class SqliteStore(LocalFanout):
             return await self._read(read_record)
         self._prefetch[user_id] = _READING
 
-        def read(cur: sqlite3.Cursor) -> tuple[UserRecord, ReadResult]:
+        def read(cur: ReadCursor) -> tuple[UserRecord, ReadResult]:
             log = self._log(cur)
             presence = presence_of(log, user_id, change)
             cursor = presence[2] if presence is not None else None
@@ -378,7 +376,7 @@ class SqliteStore(LocalFanout):
         query += " ORDER BY u.user_id LIMIT :limit"
         await self._presence.settle()  # pages come from the table: write what waits first
 
-        def read(cur: sqlite3.Cursor) -> list[UserRecord]:
+        def read(cur: ReadCursor) -> list[UserRecord]:
             now, log = time.time(), self._log(cur)
             params = {"after": after, "limit": limit, "upto": log.upto}
             return [self._record(row, log, now) for row in cur.execute(query, params).fetchall()]
