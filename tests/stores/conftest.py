@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -110,8 +112,10 @@ class StoreFactory:
 Opener = Callable[..., Coroutine[Any, Any, SqliteStore]]
 
 
-def trace(monkeypatch: pytest.MonkeyPatch, owner: type[Any], statements: list[str]) -> None:
-    """Record every statement of the connections ``owner`` (Writer or Readers) opens."""
+def trace(monkeypatch: pytest.MonkeyPatch, owner: type[Any]) -> list[str]:
+    """Every statement, from now on, of the connections ``owner`` (Writer or Readers)
+    opens."""
+    statements: list[str] = []
     opened: Callable[[Any], Any] = owner._open
 
     def traced(self: Any) -> Any:
@@ -121,6 +125,27 @@ def trace(monkeypatch: pytest.MonkeyPatch, owner: type[Any], statements: list[st
         return found
 
     monkeypatch.setattr(owner, "_open", traced)
+    return statements
+
+
+@contextlib.asynccontextmanager
+async def reader_held(store: SqliteStore) -> AsyncIterator[None]:
+    """Keep the store's one reader busy in the block: the reads submitted in it are taken
+    as one batch after it."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(cur: sqlite3.Cursor) -> None:
+        held.set()
+        release.wait(10)
+
+    holding = asyncio.ensure_future(store._read(hold))
+    await asyncio.to_thread(held.wait, 10)
+    try:
+        yield
+        await asyncio.sleep(0.05)  # the reads' tasks submit them
+    finally:
+        release.set()
+        await holding
 
 
 def transactions(statements: list[str]) -> list[list[str]]:

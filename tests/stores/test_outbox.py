@@ -18,7 +18,7 @@ from ssehub.stores.outbox import Delivery, HasOutbox, Outbox, outbox_of
 from ssehub.stores.redis import RedisStore
 from ssehub.stores.sqlite import SqliteStore
 from tests.redis_server import forget_prefix, redis_url
-from tests.stores.conftest import StoreFactory
+from tests.stores.conftest import StoreFactory, reader_held
 
 pytestmark = pytest.mark.anyio
 
@@ -107,28 +107,20 @@ async def test_a_sqlite_claim_reading_an_old_snapshot_skips_what_was_sent_meanwh
         box = store.outbox()
         await box.put(delivery())
         (claimed,) = await box.claim(1)
-        busy, started = threading.Event(), threading.Event()
-        go_on, finish = threading.Event(), threading.Event()
-
-        def hold(cur: sqlite3.Cursor) -> None:  # keeps the one reader busy
-            busy.set()
-            go_on.wait(10)
+        started, finish = threading.Event(), threading.Event()
 
         def snapshot(cur: sqlite3.Cursor) -> None:  # starts the next batch's snapshot
             cur.execute("SELECT count(*) FROM webhooks").fetchone()
             started.set()
             finish.wait(10)
 
-        holding = asyncio.ensure_future(store._read(hold))
-        await asyncio.to_thread(busy.wait, 10)
-        taking = asyncio.ensure_future(store._read(snapshot))
-        claiming = asyncio.ensure_future(box.claim(10))  # the same batch as the snapshot
-        await asyncio.sleep(0.05)
-        go_on.set()
+        async with reader_held(store):  # the snapshot and the claim's read: one batch
+            taking = asyncio.ensure_future(store._read(snapshot))
+            claiming = asyncio.ensure_future(box.claim(10))
         await asyncio.to_thread(started.wait, 10)
         await box.remove(claimed)  # sent: committed while the snapshot still shows it
         finish.set()
-        await asyncio.gather(holding, taking)
+        await taking
         assert await claiming == []
         assert await box.claim(10) == []
     finally:

@@ -4,48 +4,23 @@ transaction, and presence changes that wait a moment to share a commit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores import ReadResult, _sqlite_readers, _sqlite_writer
 from ssehub.stores._sqlite_tail import UPTO
-from ssehub.stores.sqlite import SqliteStore
-from tests.stores.conftest import Opener, trace, transactions
+from tests.stores.conftest import Opener, reader_held, trace, transactions
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def reader_held(store: SqliteStore) -> AsyncIterator[None]:
-    """Keep the store's one reader busy in the block: the reads submitted in it are taken
-    as one batch after it."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(cur: sqlite3.Cursor) -> None:
-        held.set()
-        release.wait(10)
-
-    holding = asyncio.ensure_future(store._read(hold))
-    await asyncio.to_thread(held.wait, 10)
-    try:
-        yield
-        await asyncio.sleep(0.05)  # the reads' tasks submit them
-    finally:
-        release.set()
-        await holding
 
 
 async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_only_itself(
     open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements: list[str] = []
-    trace(monkeypatch, _sqlite_readers.Readers, statements)
+    statements = trace(monkeypatch, _sqlite_readers.Readers)
     store = await open_sqlite(readers=1)
     events = {user: await store.append(user, f"data: {user}\n".encode()) for user in "abc"}
 
@@ -81,8 +56,7 @@ async def test_reads_taken_together_share_one_transaction_and_a_failure_fails_on
 async def test_reads_that_come_together_gather_and_reads_one_at_a_time_do_not_wait(
     open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements: list[str] = []
-    trace(monkeypatch, _sqlite_readers.Readers, statements)
+    statements = trace(monkeypatch, _sqlite_readers.Readers)
     monkeypatch.setattr(_sqlite_readers, "GATHER_SECONDS", 1.0)  # long, to tell them apart
     store = await open_sqlite(readers=1)
     event = await store.append("alice", b"data: hi\n")
@@ -114,8 +88,7 @@ async def test_reads_that_come_together_gather_and_reads_one_at_a_time_do_not_wa
 async def test_presence_changes_wait_a_moment_to_share_a_commit_and_appends_do_not(
     open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements: list[str] = []
-    trace(monkeypatch, _sqlite_writer.Writer, statements)
+    statements = trace(monkeypatch, _sqlite_writer.Writer)
     monkeypatch.setattr(_sqlite_writer, "LAZY_SECONDS", 1.0)  # long, to tell them apart
     store = await open_sqlite()
     statements.clear()

@@ -807,8 +807,7 @@ async def test_a_folds_slice_is_never_committed_with_appends(
 ) -> None:
     # A slice costs about a millisecond of the writer's CPU; committed with appends, it
     # would delay their delivery. Every statement of the writer's connection is traced.
-    statements: list[str] = []
-    trace(monkeypatch, _sqlite_writer.Writer, statements)
+    statements = trace(monkeypatch, _sqlite_writer.Writer)
     store = await open_sqlite(index_interval=0.02)
     users = [f"user-{n}" for n in range(3 * SLICE_USERS)]  # folds of three slices or more
     deadline = time.monotonic() + 1.0
