@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from ssehub import __version__
+from ssehub._telemetry import app_options
 from ssehub.api import routes_of
 from ssehub.api._publishing import Publishing
 from ssehub.api.health import add_health_routes
@@ -63,7 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("ssehub ready, store %s", store.__class__.__name__)
             yield
 
-    app = FastAPI(title="ssehub", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="ssehub",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        **app_options(),
+    )
     app.state.hub = hub
     app.state.settings = settings
     app.state.auth = auth
