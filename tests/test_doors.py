@@ -124,6 +124,22 @@ async def test_a_fast_stream_writes_its_head_and_held_frames_in_one_write() -> N
         assert hub.open_streams == 1
 
 
+def test_stream_heads_follow_uvicorns_default_headers_and_the_cors_answer() -> None:
+    front = FastStreams(Hub(MemoryStore()), Authenticator())
+    monday = [(b"date", b"Mon, 30 Nov 2026 10:00:00 GMT"), (b"server", b"uvicorn")]
+    head = front.stream_head(monday, b"", True)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\ndate: Mon, 30 Nov 2026 10:00:00 GMT\r\n")
+    assert head.endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert front.stream_head(monday, b"", True) is head  # the same second: kept
+    cors = b"access-control-allow-origin: *\r\n"
+    assert cors in front.stream_head(monday, cors, True)
+    assert cors not in front.stream_head(monday, b"", True)
+    assert front.stream_head(monday, b"", False).endswith(b"connection: close\r\n\r\n")
+    # uvicorn puts a new list, with the new date, in its state each second.
+    tuesday = [(b"date", b"Tue, 01 Dec 2026 10:00:00 GMT"), (b"server", b"uvicorn")]
+    assert b"date: Tue, 01 Dec 2026 10:00:00 GMT\r\n" in front.stream_head(tuesday, b"", True)
+
+
 async def test_frames_of_one_loop_step_go_out_in_one_write_at_its_end() -> None:
     async with running_hub() as hub:
         stream, transport, _ = fast_stream(hub)

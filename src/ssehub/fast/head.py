@@ -27,6 +27,7 @@ def header_lines(headers: RawHeaders) -> bytes:
 # A stream is its connection's last response (a request pipelined behind it is never
 # answered), so its head says so, on HTTP/1.0 and 1.1 alike.
 _STREAM_HEAD = header_lines(RAW_STREAM_HEADERS) + b"connection: close\r\n"
+_HEADS_KEPT = 64  # stream heads kept (per CORS answer and framing); others made each time
 
 
 class CorsHeaders:
@@ -95,18 +96,32 @@ class FastStreams:
         self.auth = auth
         self.batch = WriteBatch()
         self._cors = CorsHeaders(cors) if cors is not None else None
+        self._heads: dict[tuple[bytes, bool], bytes] = {}  # by (CORS headers, chunked)
+        self._heads_for: RawHeaders | None = None  # the default headers they were made with
 
     def cors_headers(self, headers: Mapping[str, str]) -> bytes:
         """The CORS headers of an answer, as the app's ``CORSMiddleware`` adds them."""
         return b"" if self._cors is None else self._cors(headers)
 
-    @staticmethod
-    def stream_head(default_headers: RawHeaders, cors: bytes, chunked: bool) -> bytes:
-        """The status line and headers of a stream: chunked, or close-delimited."""
-        framing = b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n"
-        return b"".join(
-            (STATUS_LINE[200], header_lines(default_headers), _STREAM_HEAD, cors, framing)
-        )
+    def stream_head(self, default_headers: RawHeaders, cors: bytes, chunked: bool) -> bytes:
+        """The status line and headers of a stream: chunked, or close-delimited.
+
+        Kept until uvicorn's default headers change (a new list, with its ``date``,
+        each second): every stream opened meanwhile gets the same bytes.
+        """
+        if default_headers is not self._heads_for:
+            self._heads_for = default_headers
+            self._heads.clear()
+        key = (cors, chunked)
+        head = self._heads.get(key)
+        if head is None:
+            framing = b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n"
+            head = b"".join(
+                (STATUS_LINE[200], header_lines(default_headers), _STREAM_HEAD, cors, framing)
+            )
+            if len(self._heads) < _HEADS_KEPT:
+                self._heads[key] = head
+        return head
 
     @staticmethod
     def answer(default_headers: RawHeaders, response: Response, cors: bytes) -> bytes:
