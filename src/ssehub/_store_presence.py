@@ -21,7 +21,9 @@ class StorePresence:
     """Keeps the store's record of this node's streams per user, and the cursors.
 
     A change is written by one worker, so a user's counts reach the store in order;
-    the stream that caused it may wait for the write (`changed`).
+    the stream that caused it may wait for the write (`changed`). A store whose
+    presence writes return at once (`Store.presence_at_once`) is written by the
+    opening stream itself.
 
     Args:
         store: the store written to.
@@ -54,6 +56,14 @@ class StorePresence:
         Raises:
             StoreUnavailable: the store could not be written.
         """
+        if self._store.presence_at_once:
+            # Nothing to wait for, so nothing to share: written now, without a future
+            # and the wake-up of the writer task and then of the stream's own task.
+            # The store takes calls in order, so counts still reach it in order.
+            await self._store.set_presence_many(
+                [(user_id, self._count(user_id), self.delivered.get(user_id))]
+            )
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._dirty.setdefault(user_id, []).append(future)
         self._wakeup.set()

@@ -12,6 +12,8 @@ class LocalFanout(Store):
     to tell about broadcasts and disconnects.
     """
 
+    presence_at_once = True  # memory's dictionaries; SQLite's buffer for its writer
+
     async def watch(self, user_id: str) -> None:
         return None
 

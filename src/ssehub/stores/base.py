@@ -107,6 +107,10 @@ class Store(abc.ABC):
     #: Whether `append_to_all` writes the payload once whatever the number of users:
     #: the hub then passes every user in one call instead of in chunks.
     broadcast_once: bool = False
+    #: Whether `set_presence_many` returns without waiting for anything (it writes to
+    #: memory, or to a buffer its own thread commits): a stream that opens then writes
+    #: its user's count itself instead of waiting for the hub's writer task.
+    presence_at_once: bool = False
 
     def __init__(self, *, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
