@@ -234,6 +234,8 @@ async def test_closing_while_a_broadcast_is_appended_appends_each_broadcast_once
 class SlowWatchStore(MemoryStore):
     """A store whose subscription to a user is confirmed only when the test says so."""
 
+    watch_at_once = False  # it waits in `watch`, as a store with subscriptions does
+
     def __init__(self) -> None:
         super().__init__()
         self.confirm = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from ssehub import MemoryStore
 from ssehub._store_presence import StorePresence
 from ssehub.stores.base import PresenceChange
+from ssehub.stores.redis import RedisStore
+from ssehub.stores.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +61,32 @@ async def test_a_store_with_round_trips_gets_the_counts_of_streams_opening_toget
     finally:
         worker.cancel()
     assert store.calls == [[("ann", 1, None), ("bob", 1, None), ("cy", 1, None)]]
+
+
+def finishes_without_waiting(coro: Coroutine[Any, Any, None]) -> bool:
+    """``coro`` ran to its end in one step: it never waited for anything."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    coro.close()
+    return False
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_the_stores_that_say_they_answer_at_once_do(kind: str, tmp_path: Path) -> None:
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "hub.db")
+    await store.start()
+    try:
+        assert store.presence_at_once
+        assert store.watch_at_once
+        assert finishes_without_waiting(store.watch("ann"))
+        assert finishes_without_waiting(store.set_presence_many([("ann", 1, None)]))
+        assert (await store.get_user("ann")).connections == 1
+    finally:
+        await store.close()
+
+
+def test_a_store_with_round_trips_does_not_say_so() -> None:
+    assert not RedisStore.presence_at_once
+    assert not RedisStore.watch_at_once

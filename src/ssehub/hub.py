@@ -331,6 +331,9 @@ class Hub(Service):
         # Later streams of the user wait for the subscription too (`_watched`): what
         # they read of the history must come after it, or what is published between
         # their read and the subscription would reach none of them.
+        if self.store.watch_at_once:  # no later stream can come in between
+            await self.store.watch(user_id)
+            return
         done = asyncio.get_running_loop().create_future()
         self._watching[user_id] = done
         try:

@@ -13,6 +13,7 @@ class LocalFanout(Store):
     """
 
     presence_at_once = True  # memory's dictionaries; SQLite's buffer for its writer
+    watch_at_once = True  # no subscription: SQLite only notes the user's session
 
     async def watch(self, user_id: str) -> None:
         return None

@@ -109,8 +109,14 @@ class Store(abc.ABC):
     broadcast_once: bool = False
     #: Whether `set_presence_many` returns without waiting for anything (it writes to
     #: memory, or to a buffer its own thread commits): a stream that opens then writes
-    #: its user's count itself instead of waiting for the hub's writer task.
+    #: its user's count itself instead of waiting for the hub's writer task. (A
+    #: subclass whose `set_presence` waits for anything must say False.)
     presence_at_once: bool = False
+    #: Whether `watch` returns without waiting for anything (nothing to subscribe to,
+    #: or only this process's memory to change): no other stream of the user can open
+    #: while it runs, so none needs to wait for it. (A subclass whose `watch` waits
+    #: for anything must say False.)
+    watch_at_once: bool = False
 
     def __init__(self, *, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
