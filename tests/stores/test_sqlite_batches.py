@@ -58,6 +58,7 @@ async def test_reads_that_come_together_gather_and_reads_one_at_a_time_do_not_wa
 ) -> None:
     statements = trace(monkeypatch, _sqlite_readers.Readers)
     monkeypatch.setattr(_sqlite_readers, "GATHER_SECONDS", 1.0)  # long, to tell them apart
+    monkeypatch.setattr(_sqlite_readers, "COMPANY_SECONDS", 0.5)
     store = await open_sqlite(readers=1)
     event = await store.append("alice", b"data: hi\n")
 
@@ -69,20 +70,25 @@ async def test_reads_that_come_together_gather_and_reads_one_at_a_time_do_not_wa
         assert (await reading).events == [event]
         return time.monotonic() - started
 
-    assert await timed(read()) < 0.5  # one at a time: no wait
-    async with reader_held(store):
-        together = [read(), read()]
-    await asyncio.gather(*together)
+    for _ in range(4):  # alone, then one at a time, each after the one before: no wait
+        assert await timed(read()) < 0.5
 
+    async with reader_held(store):
+        first = read()  # submitted while another read is out: reads come together
+    started = time.monotonic()  # the reader is free, and waits a moment before it
     statements.clear()
-    first = read()  # reads came together: the reader waits a moment before this one
     await asyncio.sleep(0.2)
     second = read()
-    assert await timed(first) > 0.5
-    await second
+    await asyncio.gather(first, second)
+    assert time.monotonic() - started > 0.5
     assert len(transactions(statements)) == 1  # the one submitted meanwhile joined it
-    assert await timed(read()) > 0.5  # that batch held two: this one waits too, alone
-    assert await timed(read()) < 0.5  # the one before was alone: no wait
+
+    await asyncio.sleep(0.6)
+    assert await timed(read()) < 0.5  # long after the last: alone, no wait
+    # Right after another, while reads were coming together: it waits for company...
+    assert await timed(read()) > 0.5
+    for _ in range(3):  # ...finds none, and reads one at a time no longer wait
+        assert await timed(read()) < 0.5
 
 
 async def test_presence_changes_wait_a_moment_to_share_a_commit_and_appends_do_not(
