@@ -125,8 +125,15 @@ class Readers:
         return future
 
     def _answer(self, answers: list[_Answer]) -> None:
+        """Resolve the futures of a batch (on the loop)."""
         self._out -= len(answers)
-        _answer(answers)
+        for future, result, exc in answers:
+            if future.done():
+                continue  # the reader gave up waiting
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
     # -- the threads -----------------------------------------------------------------------
 
@@ -206,14 +213,3 @@ def _end(cur: ReadCursor, statement: str) -> bool:
     with contextlib.suppress(sqlite3.Error):
         cur.execute(statement)
     return cur.connection.in_transaction
-
-
-def _answer(answers: list[_Answer]) -> None:
-    """Resolve the futures of a batch (on the loop)."""
-    for future, result, exc in answers:
-        if future.done():
-            continue  # the reader gave up waiting
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
