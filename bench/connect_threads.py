@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BENCH, LOAD_CORE, PYTHON, REPO, SERVER_CORE, TOOL, build, free_port, http
+from run import BENCH, LOAD_CORE, PYTHON, TOOL, Server, build, running
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,26 +64,15 @@ class Result:
     per_thread: list[tuple[int, float, float]]  # (tid, µs per stream, switches per stream)
 
 
-def measure(command: list[str], streams: int, env: dict[str, str]) -> Result:
-    """Start ``command`` (a server taking ``{port}``) on the server core, open the streams."""
-    port = free_port()
-    argv = ["taskset", "-c", SERVER_CORE, *(part.replace("{port}", str(port)) for part in command)]
-    server = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                http("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start: {' '.join(command)}") from None
-                time.sleep(0.05)
+def measure(server: Server, streams: int, env: dict[str, str], log: Path) -> Result:
+    """Start ``server`` on the server core and open the streams on it."""
+    with running(server, log, env) as (proc, url):
+        port = url.rsplit(":", 1)[1]
         time.sleep(0.5)  # let start-up work settle
-        before = threads(server.pid)
+        before = threads(proc.pid)
         load = subprocess.Popen(
-            ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", "127.0.0.1", str(port),
-             str(streams), "100000"],
+            ["taskset", "-c", LOAD_CORE, str(TOOL), "sub", "127.0.0.1", port, str(streams),
+             "100000"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert load.stdin is not None
@@ -91,13 +80,10 @@ def measure(command: list[str], streams: int, env: dict[str, str]) -> Result:
         load.stdin.write("wait_open\n")
         load.stdin.flush()
         answer = load.stdout.readline().split()  # open <greeted> <failed> <seconds>
-        after = threads(server.pid)
+        after = threads(proc.pid)
         load.stdin.write("quit\n")
         load.stdin.flush()
         load.wait(30)
-    finally:
-        server.terminate()
-        server.wait(30)
     if len(answer) != 4 or int(answer[1]) != streams:
         raise SystemExit(f"not every stream opened: {' '.join(answer)}")
     rows = []
@@ -111,10 +97,10 @@ def measure(command: list[str], streams: int, env: dict[str, str]) -> Result:
     return Result(float(answer[3]), total / streams * 1e6, rows)
 
 
-def hub_command(store: str, portable: bool) -> list[str]:
+def hub(store: str, portable: bool) -> Server:
     command = [PYTHON, "-m", "ssehub", "serve", "--port", "{port}", "--keepalive", "15"]
     command += ["--log-level", "warning", "--store", store]
-    return command + (["--portable"] if portable else [])
+    return Server("ssehub", "ssehub serve", command + (["--portable"] if portable else []))
 
 
 def main() -> None:
@@ -127,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     build()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
-    ceiling = [PYTHON, str(BENCH / "ceiling.py"), "{port}", "15"]
+    ceiling = Server("ceiling", "ceiling", [PYTHON, str(BENCH / "ceiling.py"), "{port}", "15"])
     versions = {"this": dict(env)}
     if args.against is not None:
         versions["against"] = {**env, "PYTHONPATH": str(args.against.resolve())}
@@ -135,14 +121,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for round_ in range(args.rounds):
             order = list(versions) if round_ % 2 == 0 else list(reversed(versions))
-            base = measure(ceiling, args.streams, env)
+            log = Path(workdir) / "servers.log"
+            base = measure(ceiling, args.streams, env, log)
             totals["ceiling"].append(base.total_us)
             print(f"round {round_ + 1}: ceiling {base.total_us:.1f} µs per stream")
             for name in order:
                 store = args.store
                 if store.startswith("sqlite:"):
                     store = f"sqlite:///{workdir}/{name}-{round_}.db"
-                found = measure(hub_command(store, args.portable), args.streams, versions[name])
+                server = hub(store, args.portable)
+                found = measure(server, args.streams, versions[name], log)
                 totals[name].append(found.total_us)
                 ratio = found.total_us / base.total_us
                 print(

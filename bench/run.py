@@ -113,10 +113,16 @@ def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0)
         return json.loads(answer.read() or b"null")
 
 
-def launch(server: Server, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``server`` on ``port``, pinned to the server core; return once it answers."""
+def launch(
+    server: Server, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``server`` on ``port``, pinned to the server core; return once it answers.
+
+    ``env``: its environment (default: this one's, without ``SSEHUB_`` settings).
+    """
     command = [part.replace("{port}", str(port)) for part in server.command]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
     with log.open("ab") as out:
         proc = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
@@ -137,9 +143,11 @@ def launch(server: Server, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def running(server: Server, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def running(
+    server: Server, log: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
-    proc = launch(server, port, log)
+    proc = launch(server, port, log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         yield proc, url
