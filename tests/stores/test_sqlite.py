@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 from ssehub.events import event_key
 from ssehub.exceptions import ConfigurationError, StoreUnavailable
 from ssehub.stores import ReadResult, Retention, UserState, open_store
+from ssehub.stores._sqlite_checkpoint import NICENESS
 from ssehub.stores._sqlite_readers import ReadCursor
 from ssehub.stores.sqlite import SqliteStore
 from tests.stores.conftest import Opener, RecordingListener
@@ -362,6 +366,20 @@ async def test_without_the_checkpoint_thread_the_writer_checkpoints_itself(
         assert (tmp_path / "hub.db-wal").stat().st_size < 8 * 2**20
     finally:
         await store.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+async def test_the_checkpoint_thread_leaves_the_core_to_the_loop_and_the_writer(
+    open_sqlite: Opener,
+) -> None:
+    await open_sqlite()
+    (thread,) = [t for t in threading.enumerate() if t.name == "ssehub-sqlite-checkpoint"]
+    assert thread.native_id is not None
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    writer = next(t for t in threading.enumerate() if t.name == "ssehub-sqlite-writer")
+    assert writer.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == mine  # only it yields
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, mine + NICENESS)
 
 
 @pytest.mark.parametrize("kept", [3, 1_200])  # under and over what a stream's opening reads

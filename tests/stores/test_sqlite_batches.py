@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 
 import pytest
 
 from ssehub.exceptions import StoreUnavailable
 from ssehub.stores import ReadResult, _sqlite_readers, _sqlite_writer
+from ssehub.stores._sqlite_folds import SLICE_USERS
 from ssehub.stores._sqlite_tail import UPTO
 from tests.stores.conftest import Opener, reader_held, trace, transactions
 
@@ -115,3 +117,40 @@ async def test_presence_changes_wait_a_moment_to_share_a_commit_and_appends_do_n
     assert any(s.startswith("INSERT INTO events") for s in taken)  # carol's came along
     assert (await store.read_after("dave", None, limit=10)).events == [event]
     assert (await store.get_user("carol")).connections == 1
+
+
+async def test_appends_waiting_go_before_the_next_slice_of_a_fold(
+    open_sqlite: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements = trace(monkeypatch, _sqlite_writer.Writer)
+    store = await open_sqlite(index_interval=0.05)
+    writer = store._writer
+    users = [f"user-{n:03}" for n in range(3 * SLICE_USERS)]  # a fold of several slices
+    release = threading.Event()
+
+    def held(cur: sqlite3.Cursor) -> _sqlite_writer.Appended:
+        release.wait(10)  # the writer's thread, inside the transaction
+        return writer._insert(cur, [(user, b"data: first\n") for user in users])
+
+    statements.clear()
+    first = writer.submit(held, size=len(users), notify=True)
+    await asyncio.sleep(0.1)  # past the fold's interval: its first slice is due after this
+    waiting = asyncio.ensure_future(store.append("late", b"data: late\n"))
+    await asyncio.sleep(0.05)  # submitted while the writer is held
+    release.set()
+    await asyncio.gather(first, waiting)
+
+    def kind(transaction: list[str]) -> str:
+        if any("INTO user_events" in s for s in transaction):
+            return "slice"
+        return "append" if any(s.startswith("INSERT INTO events") for s in transaction) else ""
+
+    def taken() -> list[str]:
+        return [kind(t) for t in transactions(statements) if kind(t)]
+
+    async with asyncio.timeout(10):
+        while taken().count("slice") < 4:  # 25 users: slices of 8, 8, 8 and 1
+            await asyncio.sleep(0.05)
+    # The late append went before the fold's first slice, due since the one before it.
+    assert taken() == ["append", "append", "slice", "slice", "slice", "slice"]
+    assert (await store.read_after("late", None, limit=10)).events == [waiting.result()]
