@@ -12,6 +12,8 @@ commits come in. Under a load that never stops a passive checkpoint never catche
 WAL only starts over once every frame is copied: past `RESTART_PAGES` the thread asks
 the writer to hold off (`paused`) and runs a ``RESTART`` checkpoint of what the passive
 one left, a few milliseconds (5-28 ms measured on a busy machine) every 64 MB of WAL.
+On Linux the thread runs `NICENESS` steps nicer than the process, so that on a core
+shared with the event loop and the writer those two are given the core first.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class Checkpointer:
 
 
 def _yield_the_core() -> None:
-    # A passive checkpoint copies pages for 3-11 ms at a time; on a busy core the event
+    # A passive checkpoint copies pages for 3-24 ms at a time; on a busy core the event
     # loop, woken meanwhile, waited for the scheduler to take the core back. On Linux a
     # thread has a niceness of its own (its id is a pid to setpriority); elsewhere the
     # call would name the process, so it is not made.

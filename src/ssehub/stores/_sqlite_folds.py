@@ -25,8 +25,8 @@ from ssehub.stores._sqlite_tail import Span, Tail
 MAX_TAIL = 100_000  # events not folded past which a fold starts before its time
 # A slice of a fold: at most about this many events, or this many users (each a page of
 # ``user_events`` to write). A publish that arrives while a slice is written waits for it:
-# about 0.4-1 ms of the writer's CPU for such a slice, against 1-2 ms (32 users) and 5 ms
-# (2,000 events, folding a burst) for the slices before.
+# 0.2-0.3 ms of the writer's CPU for such a slice under a steady load, 1.4-1.6 ms folding
+# a burst, against 1-2 ms (32 users) and 5 ms (2,000 events of a burst) before.
 SLICE_ROWS = 500
 SLICE_USERS = 8
 DROP_ROWS = 500  # ``events`` rows a slice deletes (2,000 took 5-8 ms of the writer's CPU)

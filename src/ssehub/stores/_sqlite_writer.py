@@ -296,8 +296,8 @@ class Writer:
 
     def _write(self, cur: sqlite3.Cursor, batch: list[_Job]) -> None:
         # The jobs' transaction, handed back to the loop at once; then a fold's slice,
-        # if one is due, in a transaction of its own: a slice (up to a millisecond of
-        # CPU) would otherwise delay the delivery of every message committed with it.
+        # if one is due, in a transaction of its own: a slice (up to 1.5 ms of CPU)
+        # would otherwise delay the delivery of every message committed with it.
         # Jobs already waiting go first, unless the fold is so far behind that it must
         # not wait (`Folds.pressing`): after a burst, a fold's slices come back to back,
         # and each append would otherwise wait for one.
