@@ -7,10 +7,11 @@ The steady scenario of ``bench/run.py`` (5,000 messages a second in batches of 1
 the subscriber. On the Redis store a message takes two trips through Redis on its way:
 the script call that appends it, and the pub/sub message that brings it back to the
 node. This measures those two trips alone, at the same rate, in a process pinned to
-the server's core, with a bare RESP client (no redis-py): a script that appends each
-message of a batch of 10 to its user's stream (``XADD``) and publishes it on the
-user's channel, called every 2 ms; a subscriber connection of the same process on the
-1,000 channels; each message timed from the batch's scheduled time to its arrival.
+the server's core, with a bare RESP client (hiredis, no redis-py): a script that
+appends each message of a batch of 10 to its user's stream (``XADD``) and publishes it
+on the user's channel, called every 2 ms; a subscriber connection of the same process
+on the 1,000 channels; each message timed from the batch's scheduled time to its
+arrival.
 No HTTP, no hub, no SSE.
 
 Beside it, in the same run, the ceiling's steady p99 (`bench/ceiling.py`, the scenario
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hiredis
 from run import FULL, PYTHON, SERVER_CORE, build, latency, running, servers, unicast
 
 RATE = 5_000  # messages a second, as the steady scenario
@@ -44,7 +46,7 @@ SECONDS = 10.0
 
 _APPEND = """
 for i = 1, #KEYS do
-  local id = redis.call('XADD', 'floor:s:' .. KEYS[i], '*', 'd', ARGV[i])
+  redis.call('XADD', 'floor:s:' .. KEYS[i], '*', 'd', ARGV[i])
   redis.call('PUBLISH', 'floor:c:' .. KEYS[i], ARGV[i])
 end
 return #KEYS
@@ -52,14 +54,14 @@ return #KEYS
 
 
 class Resp(asyncio.Protocol):
-    """A bare RESP2 connection: commands out, each reply (or push) to ``on_reply``.
+    """A bare RESP connection: commands out, each reply (or push) to ``on_reply``.
 
-    Only what this benchmark reads: integers, bulk strings and arrays of them.
+    hiredis packs and parses, as it does under the Redis store's client.
     """
 
     def __init__(self, on_reply: Callable[[Any], None]) -> None:
         self.on_reply = on_reply
-        self.buffer = b""
+        self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,45 +69,15 @@ class Resp(asyncio.Protocol):
         self.transport = transport
 
     def send(self, *parts: str | bytes) -> None:
-        out = [b"*%d\r\n" % len(parts)]
-        for part in parts:
-            data = part.encode() if isinstance(part, str) else part
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
         assert self.transport is not None
-        self.transport.write(b"".join(out))
+        self.transport.write(hiredis.pack_command(parts))
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            parsed = self._parse(0)
-            if parsed is None:
-                return
-            value, used = parsed
-            self.buffer = self.buffer[used:]
-            self.on_reply(value)
-
-    def _parse(self, at: int) -> tuple[Any, int] | None:
-        end = self.buffer.find(b"\r\n", at)
-        if end < 0:
-            return None
-        kind, head = self.buffer[at : at + 1], self.buffer[at + 1 : end]
-        if kind in (b":", b"+"):
-            return (int(head) if kind == b":" else head), end + 2
-        if kind == b"-":
-            raise RuntimeError(head.decode())
-        if kind == b"$":
-            size = int(head)
-            if len(self.buffer) < end + 2 + size + 2:
-                return None
-            return self.buffer[end + 2 : end + 2 + size], end + 2 + size + 2
-        items, at = [], end + 2  # an array
-        for _ in range(int(head)):
-            parsed = self._parse(at)
-            if parsed is None:
-                return None
-            item, at = parsed
-            items.append(item)
-        return items, at
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                raise RuntimeError(str(reply))
+            self.on_reply(reply)
 
 
 async def floor(host: str, port: int, database: str) -> dict[str, float]:
